@@ -1,0 +1,5 @@
+import sys
+
+from selora.cli import main
+
+sys.exit(main())

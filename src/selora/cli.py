@@ -1,0 +1,65 @@
+"""``selora``: one subcommand per pipeline phase (Snakemake rules and DVC stages call these).
+
+Each phase lives in ``selora.commands.<name>`` with ``add_arguments(parser)`` and ``run(args)``;
+modules are imported lazily so ``selora --help`` stays fast. Errors that mean bad input
+(:class:`selora.errors.SeloraError`) print one clear line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+from collections.abc import Sequence
+
+# Phase order of the pipeline; a phase whose module is absent is not offered.
+PHASES: tuple[tuple[str, str, str], ...] = (
+    ("make-synthetic", "make_synthetic", "write the embedded synthetic data (natural scenes, CXR phantoms)"),
+    ("pretrain-base", "pretrain_base", "pre-train the miniature Stable Diffusion ('tiny') on natural scenes"),
+    ("prepare", "prepare", "prepare a data set from its official distribution (splits, resize, manifest)"),
+    ("train", "train", "fine-tune one adapter (LoRA, AdaLoRA, DyLoRA, SeLoRA) on a prepared data set"),
+    ("sample", "sample", "generate the test prompts' images with a run's best adapter"),
+    ("evaluate", "evaluate", "score one run's samples (FID 64/192/2048, KID, CLIP score, finding accuracy)"),
+    ("report", "report", "aggregate all runs into results/tables/*.md and results/figures/*.png"),
+)
+
+
+def available_phases() -> list[tuple[str, str, str]]:
+    return [p for p in PHASES if importlib.util.find_spec(f"selora.commands.{p[1]}") is not None]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from selora import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="selora",
+        description="SeLoRA benchmark: self-expanding LoRA vs LoRA/AdaLoRA/DyLoRA on latent diffusion.",
+    )
+    parser.add_argument("--version", action="version", version=f"selora {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="PHASE", required=True)
+    for name, module, help_text in available_phases():
+        mod = importlib.import_module(f"selora.commands.{module}")
+        p = sub.add_parser(name, help=help_text, description=(mod.__doc__ or help_text).strip())
+        mod.add_arguments(p)
+        p.set_defaults(_module=mod)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from selora.errors import SeloraError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args._module.run(args) or 0)
+    except SeloraError as exc:
+        print(f"selora {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"selora {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
