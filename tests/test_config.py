@@ -1,0 +1,80 @@
+"""params.yaml validation: defaults, unknown keys, types, cross-field rules, overrides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from selora.config import ConfigError, load_params, params_from_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_shipped_params_validate_and_fill_paper_defaults():
+    p = load_params(ROOT / "params.yaml")
+    # Paper Table 4 / Section 3.5 values come from the schema's defaults.
+    assert p.train.lr == 1e-4 and p.train.weight_decay == 0.0 and p.train.betas == [0.9, 0.999]
+    assert p.methods.selora.threshold == 1.1 and p.methods.selora.test_interval == 40
+    assert p.methods.lora.rank == 4 and p.methods.dylora.rank == 4
+    assert (p.methods.adalora.init_rank, p.methods.adalora.target_rank) == (6, 4)
+    assert p.raw["methods"]["selora"]["threshold"] == 1.1  # resolved config kept for provenance
+
+
+@pytest.mark.parametrize(
+    ("override", "needle"),
+    [
+        ("methods.selora.threshold=abc", "methods.selora.threshold"),
+        ("methods.selora.threshold=0.9", "methods.selora.threshold"),
+        ("methods.selora.test_interval=0", "methods.selora.test_interval"),
+        ("methods.selora.max_rank=0", "methods.selora.max_rank"),
+        ("methods.lora.rank=0", "methods.lora.rank"),
+        ("methods.adalora.target_rank=8", "methods.adalora.target_rank"),
+        ("experiment.methods=[lora,bogus]", "experiment.methods"),
+        ("train.mixed_precision=fp8", "train.mixed_precision"),
+        ("base_model.tiny.image_size=30", "base_model.tiny.image_size"),
+        ("setups.synthetic-cxr-32.splits.test=0.5", "setups.synthetic-cxr-32.splits"),
+    ],
+)
+def test_bad_values_fail_naming_the_key(override, needle):
+    with pytest.raises(ConfigError) as err:
+        load_params(None, [override])
+    assert needle in str(err.value)
+
+
+def test_unknown_keys_are_rejected_at_every_level():
+    for data in ({"bogus": 1}, {"train": {"learning_rate": 1}}, {"methods": {"selora": {"lam": 1.1}}}):
+        with pytest.raises(ConfigError, match=r"(bogus|learning_rate|lam)"):
+            params_from_dict(data)
+
+
+def test_setup_of_a_dataset_without_raw_folder_fails_before_any_job():
+    data = {
+        "setups": {"iu-xray-224": {"dataset": "iu-xray", "size": 224, "batch_size": 8, "epochs": 10,
+                                   "splits": {"train": 0.8, "validation": 0.16, "test": 0.04}}},
+        "experiment": {"setups": ["iu-xray-224"], "ablation": {"setups": ["iu-xray-224"]}},
+    }
+    with pytest.raises(ConfigError, match=r"datasets\.iu-xray\.raw"):
+        params_from_dict(data)
+    data["datasets"] = {"iu-xray": {"raw": "/data/iu"}}
+    assert params_from_dict(data).setup("iu-xray-224").size == 224
+
+
+def test_overrides_parse_yaml_values_and_reject_malformed(tmp_path):
+    p = load_params(None, ["methods.selora.threshold=1.3", "experiment.seeds=[7, 8]"])
+    assert p.methods.selora.threshold == 1.3 and p.experiment.seeds == [7, 8]
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        load_params(None, ["methods.selora.threshold"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_params(bad)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_params(tmp_path / "missing.yaml")
+
+
+def test_schema_file_is_the_one_snakemake_validates_against():
+    wf = ROOT / "workflow" / "schemas" / "params.schema.yaml"
+    pkg = ROOT / "src" / "selora" / "schemas" / "params.schema.yaml"
+    assert yaml.safe_load(wf.read_text()) == yaml.safe_load(pkg.read_text())
