@@ -1,0 +1,142 @@
+"""The prepared-dataset format: a Hugging Face ``imagefolder`` directory.
+
+Layout (``datasets.load_dataset("imagefolder", data_dir=root)`` returns one split per folder, and
+diffusers' own training scripts read it as is)::
+
+    root/
+      train/metadata.jsonl        {"file_name", "text", "split", "source_id", "labels", ...}
+      train/000000.png
+      validation/metadata.jsonl   (absent when the protocol has no validation split)
+      test/metadata.jsonl
+      data_report.json / .md      counts, prompt lengths, every skipped record and why
+
+Images are RGB PNGs, written once so training never decodes raw data again. The whole folder is
+built in a temporary sibling and renamed into place, so an interrupted run leaves no half set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from selora.errors import DatasetFormatError
+from selora.io import atomic_dir, read_jsonl, write_jsonl
+
+SPLITS = ("train", "validation", "test")
+MANIFEST = "metadata.jsonl"
+
+
+@dataclass
+class ImageFolderWriter:
+    """Streams images into a temporary folder; ``rows`` keeps only the small manifest rows."""
+
+    root: Path
+    rows: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: {s: [] for s in SPLITS})
+
+    def add(
+        self,
+        image: Image.Image,
+        *,
+        split: str,
+        text: str,
+        source_id: str,
+        labels: dict[str, Any] | None = None,
+        stem: str | None = None,
+        **extra: Any,
+    ) -> str:
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+        rows = self.rows[split]
+        stem = stem or f"{len(rows):06d}"
+        file_name = f"{stem}.png"
+        folder = self.root / split
+        folder.mkdir(parents=True, exist_ok=True)
+        image.convert("RGB").save(folder / file_name, format="PNG", optimize=False)
+        rows.append(
+            {
+                "file_name": file_name,
+                "text": text,
+                "split": split,
+                "source_id": source_id,
+                "labels": labels or {},
+                **extra,
+            }
+        )
+        return file_name
+
+    def counts(self) -> dict[str, int]:
+        return {s: len(r) for s, r in self.rows.items() if r}
+
+    def finish(self) -> None:
+        for split, rows in self.rows.items():
+            if rows:
+                write_jsonl(self.root / split / MANIFEST, rows)
+
+
+@contextmanager
+def image_folder(dest: str | Path) -> Iterator[ImageFolderWriter]:
+    """Build a prepared-dataset folder atomically: it appears at ``dest`` only when complete."""
+    with atomic_dir(dest) as tmp:
+        writer = ImageFolderWriter(Path(tmp))
+        yield writer
+        writer.finish()
+
+
+def read_manifest(root: str | Path, splits: tuple[str, ...] = SPLITS) -> list[dict[str, Any]]:
+    """All manifest rows of a prepared folder, each with ``path``; checks every file exists."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetFormatError(f"prepared data folder {root} does not exist")
+    rows: list[dict[str, Any]] = []
+    found = False
+    for split in splits:
+        manifest = root / split / MANIFEST
+        if not manifest.is_file():
+            continue
+        found = True
+        for row in read_jsonl(manifest):
+            if row.get("split") != split:
+                raise DatasetFormatError(
+                    f"{manifest}: row {row.get('file_name')} says split {row.get('split')!r}"
+                )
+            path = root / split / row["file_name"]
+            if not path.is_file():
+                raise DatasetFormatError(f"{manifest}: {row['file_name']} is listed but missing")
+            rows.append({**row, "path": str(path)})
+    if not found:
+        raise DatasetFormatError(f"{root}: no {MANIFEST} in any of {', '.join(splits)}/")
+    return rows
+
+
+def split_counts(rows: list[dict[str, Any]]) -> dict[str, int]:
+    c = Counter(r["split"] for r in rows)
+    return {s: c[s] for s in SPLITS if c[s]}
+
+
+def split_hash(rows: list[dict[str, Any]]) -> str:
+    """A short hash of which source record went to which split (order-independent)."""
+    pairs = sorted(f"{r['split']}\t{r['source_id']}\t{r['file_name']}" for r in rows)
+    return hashlib.sha256("\n".join(pairs).encode()).hexdigest()[:16]
+
+
+def file_digest(root: str | Path) -> str:
+    """Hash of every file's relative path and bytes under ``root`` (determinism checks)."""
+    root = Path(root)
+    h = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        h.update(str(path.relative_to(root)).encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def load_json(path: str | Path) -> Any:
+    with Path(path).open(encoding="utf-8") as f:
+        return json.load(f)
