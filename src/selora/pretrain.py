@@ -1,0 +1,294 @@
+"""``selora pretrain-base``: pre-train the miniature Stable Diffusion on the "natural" set.
+
+Adapting it to the synthetic CXR set afterwards is then a real domain adaptation, as
+SD 1.5 → chest X-rays is. Phases:
+
+1. VAE (``AutoencoderKL``): reconstruction + a small KL term, as in latent diffusion.
+2. Latent scaling factor: 1 / std of the training latents (how SD's 0.18215 was chosen).
+3. Tokenizer: CLIP-style BPE learnt from the captions (and the CXR reports' words, as SD's
+   vocabulary covers everyday and medical English; their embeddings stay untrained here).
+4. Text encoder + U-Net, jointly, on the usual ε-prediction MSE with 10 % empty captions so
+   classifier-free guidance works.
+5. Save the ``StableDiffusionPipeline`` folder atomically, with a report: VAE PSNR on held-out
+   images, denoising loss with matched vs. shuffled captions, and a colour test on generated images.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm import tqdm
+
+from selora import tinysd
+from selora.config import Params
+from selora.errors import DatasetFormatError
+from selora.imagefolder import read_manifest
+from selora.io import Provenance, atomic_dir, write_json
+
+REPORT = "pretrain_report.json"
+LOGVAR = -12.0  # pinned posterior log-variance of the tiny VAE (std ≈ 0.0025)
+COLOUR_PROBES = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 70, 220),
+                 "yellow": (235, 215, 40)}
+
+
+def load_images(rows: list[dict[str, Any]], size: int) -> torch.Tensor:
+    """[N, 3, size, size] in [-1, 1]."""
+    out = torch.empty(len(rows), 3, size, size)
+    for i, row in enumerate(rows):
+        with Image.open(row["path"]) as im:
+            im = im.convert("RGB")
+            if im.size != (size, size):
+                im = im.resize((size, size), Image.Resampling.BICUBIC)
+            out[i] = torch.from_numpy(np.asarray(im, dtype=np.float32)).permute(2, 0, 1) / 127.5 - 1
+    return out
+
+
+def psnr(x: torch.Tensor, y: torch.Tensor) -> float:
+    """PSNR in dB of images in [-1, 1] (peak-to-peak 2)."""
+    mse = F.mse_loss(x.clamp(-1, 1), y.clamp(-1, 1)).item()
+    return 10 * math.log10(4.0 / max(mse, 1e-12))
+
+
+def _batches(n: int, batch_size: int, gen: torch.Generator):
+    """Endless stream of shuffled index batches."""
+    while True:
+        perm = torch.randperm(n, generator=gen)
+        for i in range(0, n - batch_size + 1, batch_size):
+            yield perm[i:i + batch_size]
+
+
+def train_vae(vae, images: torch.Tensor, steps: int, lr: float, batch_size: int,
+              gen: torch.Generator, progress: bool) -> list[float]:
+    """Train as a deterministic autoencoder (posterior mean), then pin a tiny posterior variance.
+
+    Sampling the posterior from the start (its std is ≈ 1 at initialisation) slows learning several
+    times at this size; pinning log σ² = -12 afterwards keeps ``latent_dist.sample()`` (which
+    diffusers' training scripts call) a faithful, near-deterministic code.
+    """
+    opt = torch.optim.Adam(vae.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(steps, 1), pct_start=0.1)
+    losses: list[float] = []
+    batches = _batches(len(images), min(batch_size, len(images)), gen)
+    vae.train()
+    for _ in tqdm(range(steps), desc="pretrain VAE", disable=not progress):
+        x = images[next(batches)]
+        rec = vae.decode(vae.encode(x).latent_dist.mode()).sample
+        loss = F.mse_loss(rec, x)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+    vae.eval()
+    with torch.no_grad():
+        half = vae.quant_conv.out_channels // 2
+        vae.quant_conv.weight[half:].zero_()
+        vae.quant_conv.bias[half:] = LOGVAR
+    return losses
+
+
+@torch.no_grad()
+def encode(vae, images: torch.Tensor, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior mean and std of every image (unscaled)."""
+    means, stds = [], []
+    for i in range(0, len(images), batch_size):
+        post = vae.encode(images[i:i + batch_size]).latent_dist
+        means.append(post.mean)
+        stds.append(post.std)
+    return torch.cat(means), torch.cat(stds)
+
+
+@torch.no_grad()
+def reconstruction_psnr(vae, images: torch.Tensor) -> float:
+    mean, _ = encode(vae, images)
+    rec = torch.cat([vae.decode(mean[i:i + 64]).sample for i in range(0, len(mean), 64)])
+    return psnr(rec, images)
+
+
+def tokenize(tokenizer, texts: list[str]) -> torch.Tensor:
+    return tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length,
+                     truncation=True, return_tensors="pt").input_ids
+
+
+def denoise_loss(unet, text_encoder, scheduler, latents: torch.Tensor, ids: torch.Tensor, noise: torch.Tensor,
+                 timesteps: torch.Tensor, snr_gamma: float | None = None) -> torch.Tensor:
+    """The ε-prediction MSE of latent diffusion, optionally Min-SNR-γ weighted (Hang et al. 2023)."""
+    noisy = scheduler.add_noise(latents, noise, timesteps)
+    hidden = text_encoder(ids)[0]
+    pred = unet(noisy, timesteps, encoder_hidden_states=hidden).sample
+    if snr_gamma is None:
+        return F.mse_loss(pred, noise)
+    from diffusers.training_utils import compute_snr
+
+    snr = compute_snr(scheduler, timesteps)
+    weight = torch.clamp(snr, max=snr_gamma) / snr  # [B]
+    per_sample = F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))
+    return (per_sample * weight).mean()
+
+
+def train_denoiser(unet, text_encoder, scheduler, mean: torch.Tensor, std: torch.Tensor,
+                   scaling: float, ids: torch.Tensor, empty_ids: torch.Tensor, steps: int, lr: float,
+                   batch_size: int, caption_dropout: float, gen: torch.Generator,
+                   progress: bool, snr_gamma: float | None = None) -> list[float]:
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(steps, 1), pct_start=0.05)
+    losses: list[float] = []
+    batches = _batches(len(mean), min(batch_size, len(mean)), gen)
+    T = scheduler.config.num_train_timesteps
+    unet.train()
+    text_encoder.train()
+    for _ in tqdm(range(steps), desc="pretrain U-Net + text encoder", disable=not progress):
+        idx = next(batches)
+        latents = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=gen)) * scaling
+        batch_ids = ids[idx].clone()
+        drop = torch.rand(len(idx), generator=gen) < caption_dropout
+        batch_ids[drop] = empty_ids
+        noise = torch.randn(latents.shape, generator=gen)
+        t = torch.randint(0, T, (len(idx),), generator=gen)
+        loss = denoise_loss(unet, text_encoder, scheduler, latents, batch_ids, noise, t, snr_gamma)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+    unet.eval()
+    text_encoder.eval()
+    return losses
+
+
+@torch.no_grad()
+def caption_gap(unet, text_encoder, scheduler, latents: torch.Tensor, ids: torch.Tensor,
+                seed: int) -> dict[str, float]:
+    """Held-out denoising loss with the right captions vs. the same captions shuffled."""
+    gen = torch.Generator().manual_seed(seed)
+    noise = torch.randn(latents.shape, generator=gen)
+    t = torch.randint(50, 950, (len(latents),), generator=gen)
+    perm = torch.roll(torch.arange(len(ids)), 1)
+    matched = denoise_loss(unet, text_encoder, scheduler, latents, ids, noise, t).item()
+    shuffled = denoise_loss(unet, text_encoder, scheduler, latents, ids[perm], noise, t).item()
+    return {"matched_caption_loss": matched, "shuffled_caption_loss": shuffled}
+
+
+def colour_probe(pipe, seed: int, steps: int = 20, n: int = 2) -> dict[str, Any]:
+    """Generate "a large <colour> circle in the center on a black background" and check the colour.
+
+    Returns the accuracy of naming the probe colour from the mean RGB of the image centre (nearest
+    of the probe colours), the per-colour mean RGB, and the images.
+    """
+    prompts = [f"a large {c} circle in the center on a black background" for c in COLOUR_PROBES]
+    gen = torch.Generator().manual_seed(seed)
+    out = pipe(prompts, num_inference_steps=steps, guidance_scale=7.5, generator=gen,
+               num_images_per_prompt=n, output_type="np")
+    imgs = out.images  # [len(prompts)*n, H, W, 3] in [0, 1]
+    h = imgs.shape[1]
+    c0, c1 = h // 4, h - h // 4
+    refs = np.array(list(COLOUR_PROBES.values()), dtype=np.float32) / 255.0
+    names = list(COLOUR_PROBES)
+    correct, means = 0, {}
+    for i, img in enumerate(imgs):
+        want = names[i // n]
+        rgb = img[c0:c1, c0:c1].reshape(-1, 3).mean(0)
+        means.setdefault(want, []).append(rgb.round(3).tolist())
+        correct += names[int(np.argmin(((refs - rgb) ** 2).sum(1)))] == want
+    return {"accuracy": correct / len(imgs), "mean_rgb": means, "images": imgs}
+
+
+def save_grid(images: np.ndarray, path: Path, cols: int) -> None:
+    n, h, w, _ = images.shape
+    rows = math.ceil(n / cols)
+    grid = np.zeros((rows * h, cols * w, 3), dtype=np.uint8)
+    for i, img in enumerate(images):
+        r, c = divmod(i, cols)
+        grid[r * h:(r + 1) * h, c * w:(c + 1) * w] = (img * 255).round().astype(np.uint8)
+    Image.fromarray(grid).resize((cols * w * 2, rows * h * 2), Image.Resampling.NEAREST).save(path)
+
+
+def pretrain_base(params: Params, natural_dir: str | Path, reports_dir: str | Path | None,
+                  out: str | Path, progress: bool = True) -> dict[str, Any]:
+    """Run phases 1–5 and write the pipeline folder to ``out``; returns the report."""
+    from diffusers import StableDiffusionPipeline
+
+    cfg = params.base_model.tiny
+    prov = Provenance("pretrain-base", params.raw)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(params.seed)
+    gen = torch.Generator().manual_seed(params.seed)
+
+    rows = read_manifest(natural_dir)
+    train_rows = [r for r in rows if r["split"] == "train"]
+    test_rows = [r for r in rows if r["split"] != "train"]
+    if len(train_rows) < cfg.batch_size or not test_rows:
+        raise DatasetFormatError(
+            f"{natural_dir}: need ≥ {cfg.batch_size} training and ≥ 1 held-out images, found "
+            f"{len(train_rows)} / {len(test_rows)}; run `selora make-synthetic` first"
+        )
+    train_x = load_images(train_rows, cfg.image_size)
+    test_x = load_images(test_rows, cfg.image_size)
+    corpus = [r["text"] for r in train_rows]
+    if reports_dir is not None:
+        corpus += [r["text"] for r in read_manifest(reports_dir) if r["split"] == "train"]
+
+    # 1. VAE
+    vae = tinysd.build_vae(cfg)
+    vae_losses = train_vae(vae, train_x, cfg.vae_steps, cfg.vae_lr, cfg.vae_batch_size, gen, progress)
+    vae.requires_grad_(False)
+    vae_psnr = reconstruction_psnr(vae, test_x)
+
+    # 2. Latents and the scaling factor
+    mean, std = encode(vae, train_x)
+    scaling = float(1.0 / mean.std())
+    vae.register_to_config(scaling_factor=scaling)
+
+    # 3. Tokenizer
+    tokenizer = tinysd.train_tokenizer(corpus, cfg.vocab_size, cfg.max_length)
+
+    # 4. Text encoder + U-Net
+    text_encoder = tinysd.build_text_encoder(cfg, tokenizer)
+    unet = tinysd.build_unet(cfg)
+    scheduler = tinysd.noise_scheduler()
+    ids = tokenize(tokenizer, [r["text"] for r in train_rows])
+    empty_ids = tokenize(tokenizer, [""])[0]
+    unet_losses = train_denoiser(unet, text_encoder, scheduler, mean, std, scaling, ids, empty_ids,
+                                 cfg.unet_steps, cfg.unet_lr, cfg.batch_size, cfg.caption_dropout,
+                                 gen, progress, cfg.snr_gamma)
+    test_mean, _ = encode(vae, test_x)
+    gap = caption_gap(unet, text_encoder, scheduler, test_mean * scaling,
+                      tokenize(tokenizer, [r["text"] for r in test_rows]), params.seed)
+
+    # 5. Save the pipeline folder (atomically) with its report
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                   scheduler=tinysd.sampling_scheduler(), safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    probe = colour_probe(pipe, params.seed)
+    report = {
+        "vae_psnr_db": round(vae_psnr, 2),
+        "latent_scaling_factor": scaling,
+        "vocab_size": len(tokenizer),
+        **{k: round(v, 5) for k, v in gap.items()},
+        "colour_probe_accuracy": probe["accuracy"],
+        "colour_probe_mean_rgb": probe["mean_rgb"],
+        "vae_final_loss": float(np.mean(vae_losses[-20:])) if vae_losses else None,
+        "unet_final_loss": float(np.mean(unet_losses[-50:])) if unet_losses else None,
+        "n_train": len(train_rows),
+        "n_heldout": len(test_rows),
+        "parameters": {
+            "vae": sum(p.numel() for p in vae.parameters()),
+            "unet": sum(p.numel() for p in unet.parameters()),
+            "text_encoder": sum(p.numel() for p in text_encoder.parameters()),
+        },
+    }
+    with atomic_dir(out) as tmp:
+        pipe.save_pretrained(tmp, safe_serialization=True)
+        save_grid(probe["images"], Path(tmp) / "colour_probe.png", cols=len(COLOUR_PROBES) * 2 // 2)
+        write_json(Path(tmp) / REPORT, {**report, "provenance": prov.as_dict()})
+    return report
