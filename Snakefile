@@ -1,0 +1,23 @@
+# The pipeline, from raw data to results/tables/*.md. One entry point: this file includes one rule
+# file per phase from workflow/rules/; every rule calls one `selora` subcommand of the installed
+# package. params.yaml is the config, validated (with defaults) against workflow/schemas/.
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: "params.yaml"
+
+
+validate(config, "workflow/schemas/params.schema.yaml")
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/base_model.smk"
+
+
+rule all:
+    input:
+        final_targets(),
+    default_target: True

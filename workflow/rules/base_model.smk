@@ -1,0 +1,22 @@
+# Base model: pre-train the embedded miniature Stable Diffusion (only when base_model.name: tiny).
+
+
+rule pretrain_base:
+    input:
+        natural=f"{DATA}/synthetic/natural",
+        reports=f"{DATA}/raw/synthetic-cxr",
+    output:
+        directory(f"{MODELS}/tiny-sd"),
+    params:
+        params=PARAMS_ARGS,
+    log:
+        f"{LOGS}/pretrain_base.log",
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    conda:
+        ENV
+    shell:
+        "selora pretrain-base {params.params} --quiet --data {input.natural} "
+        "--reports {input.reports} --out {output} > {log} 2>&1"

@@ -1,0 +1,20 @@
+# Data: the embedded synthetic sets (and, with the datasets issue, the prepared setups).
+
+
+rule make_synthetic:
+    output:
+        natural=directory(f"{DATA}/synthetic/natural"),
+        cxr=directory(f"{DATA}/raw/synthetic-cxr"),
+    params:
+        params=PARAMS_ARGS,
+    log:
+        f"{LOGS}/make_synthetic.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    conda:
+        ENV
+    shell:
+        "selora make-synthetic {params.params} --quiet "
+        "--natural-out {output.natural} --cxr-out {output.cxr} > {log} 2>&1"
