@@ -1,0 +1,97 @@
+"""Fixed, predictable output paths: the contract between the phases.
+
+No timestamped folders. Each training run is identified by (setup, method, variant, seed)::
+
+    <results>/runs/<setup>/<method>/<variant>/seed<seed>/
+        train/
+            adapter/best/pytorch_lora_weights.safetensors   standard LoRA file (best validation epoch)
+            adapter/best/ranks.json                          part → module → rank
+            adapter/last/...                                 the same for the last step
+            checkpoint/                                      full resumable state (atomic)
+            logs/steps.csv          step, epoch, loss, lr, wall_s
+            logs/validation.csv     epoch, step, val_loss, is_best
+            logs/memory.csv         step, device, peak_mb        (every train.memory_every steps)
+            logs/ranks.csv          step, part, module, rank, fi_ratio   (rank map over time)
+            logs/parameters.csv     part, base_parameters, trainable_parameters, effective_parameters,
+                                    trainable_percent, effective_percent, adapted_layers
+            summary.json            provenance + run id + best_epoch, best_val_loss, steps, epochs,
+                                    train_time_s, peak/mean memory, final rank map
+        samples/
+            images/*.png
+            manifest.jsonl          file_name, prompt, source_id, real_image, seed, k
+            summary.json
+        metrics.json                FID 64/192/2048 (+ feature space), KID, CLIP score, finding accuracy
+
+A *variant* names a SeLoRA ablation point: ``default`` (params as given), ``threshold-1.3`` (λ) or
+``test_interval-80`` (t). Prepared data live at ``<data>/prepared/<setup>/``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from selora.config import Params
+from selora.errors import ConfigError
+
+DEFAULT_VARIANT = "default"
+ABLATION_KEYS = ("threshold", "test_interval")
+
+
+@dataclass(frozen=True)
+class RunId:
+    setup: str
+    method: str
+    variant: str
+    seed: int
+
+    @property
+    def relpath(self) -> str:
+        return f"{self.setup}/{self.method}/{self.variant}/seed{self.seed}"
+
+
+def variant_name(key: str, value: float | int) -> str:
+    return f"{key}-{value:g}" if isinstance(value, float) else f"{key}-{value}"
+
+
+def variant_overrides(method: str, variant: str) -> list[str]:
+    """``KEY=VALUE`` overrides that turn the base params into this variant's params."""
+    if variant == DEFAULT_VARIANT:
+        return []
+    key, _, value = variant.partition("-")
+    if key not in ABLATION_KEYS or not value:
+        raise ConfigError(
+            f"variant {variant!r}: expected 'default' or '<key>-<value>' with key in {ABLATION_KEYS}"
+        )
+    if method != "selora":
+        raise ConfigError(f"variant {variant!r} only applies to selora, not {method}")
+    return [f"methods.selora.{key}={value}"]
+
+
+def run_dir(params: Params, run: RunId) -> Path:
+    return Path(params.paths.results) / "runs" / run.relpath
+
+
+def prepared_dir(params: Params, setup: str) -> Path:
+    params.setup(setup)  # validates the name
+    return Path(params.paths.data) / "prepared" / setup
+
+
+def grid(params: Params) -> list[RunId]:
+    """Every run the experiment needs: main grid + ablation points (deduplicated, ordered)."""
+    runs: list[RunId] = []
+    exp = params.experiment
+    for setup in exp.setups:
+        for method in exp.methods:
+            for seed in exp.seeds:
+                runs.append(RunId(setup, method, DEFAULT_VARIANT, seed))
+    abl = exp.ablation
+    base = params.methods.selora
+    for setup in abl.setups:
+        for key in ABLATION_KEYS:
+            for value in getattr(abl, key):
+                variant = DEFAULT_VARIANT if value == getattr(base, key) else variant_name(key, value)
+                for seed in abl.seeds:
+                    runs.append(RunId(setup, "selora", variant, seed))
+    seen: set[RunId] = set()
+    return [r for r in runs if not (r in seen or seen.add(r))]
