@@ -19,12 +19,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from selora.basemodel import tiny_path
-    from selora.io import ensure_writable_dir
     from selora.pretrain import pretrain_base
 
     params = load_params_from_args(args)
     out = args.out or str(tiny_path(params))
-    ensure_writable_dir(out)
     report = pretrain_base(params, args.data, args.reports or None, out, progress=not args.quiet)
     print(f"tiny Stable Diffusion → {out}: VAE PSNR {report['vae_psnr_db']:.1f} dB, "
           f"loss matched/shuffled captions {report['matched_caption_loss']:.4f}/"
