@@ -296,6 +296,17 @@ def _key_path(parts: Iterable[Any]) -> str:
     return ".".join(str(p) for p in parts) or "<top level>"
 
 
+def _hint(value: Any) -> str:
+    """PyYAML (YAML 1.1) reads 1e-4 as text; say so instead of a bare type error."""
+    if isinstance(value, str):
+        try:
+            float(value)
+        except ValueError:
+            return ""
+        return f" (YAML reads {value} as text: write it with a dot, e.g. 1.0e-4)"
+    return ""
+
+
 def validate_raw(data: Mapping[str, Any]) -> dict[str, Any]:
     """Validate against the schema and return a deep copy with every default filled in."""
     import jsonschema
@@ -314,7 +325,7 @@ def validate_raw(data: Mapping[str, Any]) -> dict[str, Any]:
     data = copy.deepcopy(dict(data))
     errors = sorted(filling(schema).iter_errors(data), key=lambda e: list(e.absolute_path))
     if errors:
-        lines = [f"{_key_path(e.absolute_path)}: {e.message}" for e in errors]
+        lines = [f"{_key_path(e.absolute_path)}: {e.message}{_hint(e.instance)}" for e in errors]
         raise ConfigError("invalid params:\n  " + "\n  ".join(lines))
     return data
 
@@ -384,6 +395,15 @@ def _check_semantics(p: Params) -> None:
             f"base_model.tiny.image_size: {tiny.image_size} is not a multiple of the VAE factor "
             f"{tiny.vae_factor}"
         )
+    abl = p.experiment.ablation
+    if abl.setups and (abl.threshold or abl.test_interval):
+        if "selora" not in p.experiment.methods:
+            raise ConfigError("experiment.ablation: needs selora in experiment.methods (its base point)")
+        for key, main in (("setups", p.experiment.setups), ("seeds", p.experiment.seeds)):
+            extra = [v for v in getattr(abl, key) if v not in main]
+            if extra:
+                raise ConfigError(f"experiment.ablation.{key}: {extra} not in experiment.{key}; the base "
+                                  "point of every ablation comes from the main grid")
     used = list(p.experiment.setups) + list(p.experiment.ablation.setups)
     for name in used:
         if name not in p.setups:
@@ -403,7 +423,13 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     parts = [k for k in key.strip().split(".") if k]
     if not parts:
         raise ConfigError(f"override {text!r}: empty key")
-    return parts, yaml.safe_load(value) if value.strip() else None
+    parsed = yaml.safe_load(value) if value.strip() else None
+    if isinstance(parsed, str):  # `--set train.lr=1e-4`: YAML 1.1 leaves exponents without a dot as text
+        try:
+            parsed = float(parsed)
+        except ValueError:
+            pass
+    return parts, parsed
 
 
 def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:

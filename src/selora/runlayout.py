@@ -51,7 +51,8 @@ class RunId:
 
 
 def variant_name(key: str, value: float | int) -> str:
-    return f"{key}-{value:g}" if isinstance(value, float) else f"{key}-{value}"
+    """``threshold-1.3``, ``test_interval-80`` (``str(value)``, as DVC's templating renders it)."""
+    return f"{key}-{value}"
 
 
 def variant_overrides(method: str, variant: str) -> list[str]:
@@ -78,7 +79,8 @@ def prepared_dir(params: Params, setup: str) -> Path:
 
 
 def grid(params: Params) -> list[RunId]:
-    """Every run the experiment needs: main grid + ablation points (deduplicated, ordered)."""
+    """Every run the experiment needs: the main grid, then the ablation points (whose base point,
+    methods.selora's own λ and t, is the main grid's selora run)."""
     runs: list[RunId] = []
     exp = params.experiment
     for setup in exp.setups:
@@ -86,12 +88,9 @@ def grid(params: Params) -> list[RunId]:
             for seed in exp.seeds:
                 runs.append(RunId(setup, method, DEFAULT_VARIANT, seed))
     abl = exp.ablation
-    base = params.methods.selora
     for setup in abl.setups:
         for key in ABLATION_KEYS:
             for value in getattr(abl, key):
-                variant = DEFAULT_VARIANT if value == getattr(base, key) else variant_name(key, value)
                 for seed in abl.seeds:
-                    runs.append(RunId(setup, "selora", variant, seed))
-    seen: set[RunId] = set()
-    return [r for r in runs if not (r in seen or seen.add(r))]
+                    runs.append(RunId(setup, "selora", variant_name(key, value), seed))
+    return runs

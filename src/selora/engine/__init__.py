@@ -1,0 +1,1 @@
+"""The training and sampling engine (``selora train`` / ``selora sample``)."""

@@ -1,0 +1,116 @@
+"""``selora sample``: generate the test prompts' images with a run's best adapter.
+
+The adapter is loaded **from its exported standard LoRA file** into a fresh diffusers pipeline
+(``load_lora_weights``), which proves the export. Each test prompt gets ``images_per_prompt``
+images; image j of prompt i always uses seed ``sample.seed + i·k + j`` — the same for every
+method and training seed, so methods are compared on the same initial noise. Batches pass one
+generator per image, so an image does not depend on the batch it was drawn in; memory is bounded
+by ``sample.batch_size``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from selora.adapters.export import WEIGHT_NAME
+from selora.basemodel import load_pipeline
+from selora.config import Params
+from selora.engine.train import config_hash, resolve_device, run_config
+from selora.errors import DatasetFormatError, MissingWeightsError
+from selora.imagefolder import read_manifest
+from selora.io import Provenance, atomic_dir, write_json, write_jsonl
+from selora.runlayout import RunId, prepared_dir, run_dir
+
+SCHEDULERS = {
+    "ddim": "DDIMScheduler",
+    "ddpm": "DDPMScheduler",
+    "pndm": "PNDMScheduler",
+    "euler": "EulerDiscreteScheduler",
+    "dpm": "DPMSolverMultistepScheduler",
+}
+
+
+def sample_config(params: Params, run: RunId) -> dict[str, Any]:
+    return {**run_config(params, run), "sample": params.raw["sample"]}
+
+
+def build_pipeline(params: Params, adapter_dir: Path, device: torch.device):  # noqa: ANN201
+    import diffusers
+
+    dtype = None
+    if device.type == "cuda" and params.train.mixed_precision in ("fp16", "bf16"):
+        dtype = torch.float16 if params.train.mixed_precision == "fp16" else torch.bfloat16
+    pipe = load_pipeline(params, torch_dtype=dtype)
+    pipe.load_lora_weights(str(adapter_dir))
+    cls = getattr(diffusers, SCHEDULERS[params.sample.scheduler])
+    pipe.scheduler = cls.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def sample(params: Params, run: RunId, *, data_dir: str | Path | None = None,
+           out_dir: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
+    root = Path(out_dir) if out_dir else run_dir(params, run)
+    adapter_dir = root / "train" / "adapter" / "best"
+    if not (adapter_dir / WEIGHT_NAME).is_file():
+        raise MissingWeightsError(f"{adapter_dir / WEIGHT_NAME} does not exist: run `selora train` for "
+                                  f"{run.relpath} first")
+    out = root / "samples"
+    cfg = sample_config(params, run)
+    chash = config_hash(cfg)
+    adapter_digest = hashlib.sha256((adapter_dir / WEIGHT_NAME).read_bytes()).hexdigest()[:16]
+    summary_path = out / "summary.json"
+    if summary_path.is_file():
+        done = json.loads(summary_path.read_text())
+        if done.get("config_hash") == chash and done.get("adapter_sha256") == adapter_digest:
+            return done
+
+    prov = Provenance("sample", params.raw)
+    scfg = params.sample
+    device = resolve_device(params.train.device)
+    data_dir = Path(data_dir) if data_dir else prepared_dir(params, run.setup)
+    tests = [r for r in read_manifest(data_dir) if r["split"] == "test"]
+    if not tests:
+        raise DatasetFormatError(f"{data_dir}: no test split to sample prompts from")
+    pipe = build_pipeline(params, adapter_dir, device)
+    size = params.setup(run.setup).size
+    jobs = [(i, k, row) for i, row in enumerate(tests) for k in range(scfg.images_per_prompt)]
+    manifest: list[dict[str, Any]] = []
+    with atomic_dir(out) as tmp:
+        (Path(tmp) / "images").mkdir()
+        for start in tqdm(range(0, len(jobs), scfg.batch_size), desc=f"sample {run.relpath}",
+                          disable=not progress):
+            batch = jobs[start:start + scfg.batch_size]
+            seeds = [scfg.seed + i * scfg.images_per_prompt + k for i, k, _ in batch]
+            gens = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+            with torch.no_grad():
+                images = pipe([row["text"] for _, _, row in batch], height=size, width=size,
+                              num_inference_steps=scfg.steps, guidance_scale=scfg.guidance_scale,
+                              generator=gens).images
+            for (i, k, row), seed, image in zip(batch, seeds, images, strict=True):
+                name = f"{i:05d}_{k}.png"
+                image.save(Path(tmp) / "images" / name)
+                manifest.append({"file_name": f"images/{name}", "prompt": row["text"],
+                                 "source_id": row["source_id"], "real_image": row["path"],
+                                 "labels": row.get("labels", {}), "seed": seed, "k": k})
+        write_jsonl(Path(tmp) / "manifest.jsonl", manifest)
+        summary = {
+            "run": cfg["run"],
+            "config_hash": chash,
+            "adapter_sha256": adapter_digest,
+            "adapter": str(adapter_dir / WEIGHT_NAME),
+            "n_prompts": len(tests),
+            "n_images": len(manifest),
+            "scheduler": scfg.scheduler,
+            "steps": scfg.steps,
+            "guidance_scale": scfg.guidance_scale,
+            "provenance": prov.as_dict(),
+        }
+        write_json(Path(tmp) / "summary.json", summary)
+    return summary

@@ -1,0 +1,221 @@
+"""The training and sampling engine: protocol, best epoch, kill-and-resume bit-identity, NaN, sampling."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from selora.config import METHOD_NAMES, load_params
+from selora.engine.sample import sample
+from selora.engine.train import TrainingDiverged, train
+from selora.runlayout import RunId
+from selora.synthetic import make_cxr
+
+SETUP = "synthetic-cxr-32"
+DETERMINISTIC_LOGS = ("steps.csv", "validation.csv", "ranks.csv", "parameters.csv")
+
+
+def engine_overrides(base_path: Path, results: Path) -> list[str]:
+    return [
+        f"base_model.name={base_path}",
+        f"paths.results={results}",
+        f"setups.{SETUP}.epochs=2",
+        f"setups.{SETUP}.batch_size=8",
+        "train.lr=2.0e-3",
+        "train.checkpoint_every=3",
+        "train.memory_every=4",
+        "methods.selora.test_interval=3",
+        "methods.selora.threshold=1.0",
+        "methods.adalora.delta_t=2",
+        "sample.steps=4",
+        "sample.batch_size=8",
+    ]
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> Path:
+    """A small prepared set at the setup's 32 px: 56 train / 8 validation / 16 test images."""
+    out = tmp_path_factory.mktemp("prepared") / SETUP
+    p = load_params(None, ["synthetic.cxr.n_images=80", "synthetic.cxr.size=32"])
+    make_cxr(p.synthetic.cxr, out, seed=5, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_base, prepared, tmp_path_factory) -> dict[str, tuple]:
+    """One short run per method: {method: (params, run, summary)}."""
+    results = tmp_path_factory.mktemp("results")
+    out = {}
+    for method in METHOD_NAMES:
+        params = load_params(None, engine_overrides(tiny_base["path"], results))
+        run = RunId(SETUP, method, "default", 0)
+        out[method] = (params, run, train(params, run, data_dir=prepared, progress=False))
+    return out
+
+
+def _run_root(params, run) -> Path:
+    return Path(params.paths.results) / "runs" / run.relpath
+
+
+@pytest.mark.parametrize("method", METHOD_NAMES)
+def test_training_reduces_validation_loss_and_keeps_the_best_epoch(trained, method):
+    params, run, summary = trained[method]
+    train_dir = _run_root(params, run) / "train"
+    val = pd.read_csv(train_dir / "logs" / "validation.csv")
+    base_loss = val.loc[val.epoch == -1, "val_loss"].item()
+    epochs = val[val.epoch >= 0]
+    assert epochs.val_loss.min() < base_loss, "fine-tuning did not lower the validation loss"
+    best_row = epochs.loc[epochs.val_loss.idxmin()]
+    assert summary["best_epoch"] == best_row.epoch
+    best = json.loads((train_dir / "adapter" / "best" / "adapter.json").read_text())
+    assert best["epoch"] == best_row.epoch and best["val_loss"] == pytest.approx(best_row.val_loss)
+    steps = pd.read_csv(train_dir / "logs" / "steps.csv")
+    assert len(steps) == summary["steps"] == 14 and steps.lr.eq(2e-3).all()
+    assert (train_dir / "logs" / "memory.csv").read_text().count("\n") == 1 + 14 // 4
+    assert summary["provenance"]["git_commit"] is None or len(summary["provenance"]["git_commit"]) >= 40
+
+
+def test_a_finished_run_is_not_trained_again(trained, prepared):
+    params, run, summary = trained["lora"]
+    weights = _run_root(params, run) / "train" / "adapter" / "best" / "pytorch_lora_weights.safetensors"
+    before = weights.stat().st_mtime_ns
+    again = train(params, run, data_dir=prepared, progress=False)
+    assert again == summary and weights.stat().st_mtime_ns == before
+
+
+def test_sampling_is_deterministic_and_prompt_dependent(trained, prepared, tmp_path):
+    params, run, _ = trained["selora"]
+    root = _run_root(params, run)
+    a = sample(params, run, data_dir=prepared, progress=False)
+    first = {p.name: p.read_bytes() for p in (root / "samples" / "images").glob("*.png")}
+    import shutil
+
+    shutil.rmtree(root / "samples")
+    b = sample(params, run, data_dir=prepared, progress=False)
+    second = {p.name: p.read_bytes() for p in (root / "samples" / "images").glob("*.png")}
+    assert a["n_images"] == b["n_images"] == 16 and first == second
+    rows = [json.loads(x) for x in (root / "samples" / "manifest.jsonl").read_text().splitlines()]
+    assert {r["source_id"] for r in rows} == {
+        json.loads(x)["source_id"] for x in (prepared / "test" / "metadata.jsonl").read_text().splitlines()}
+    assert all(Path(r["real_image"]).is_file() for r in rows)
+
+    # Same noise seed, two prompts: the images differ.
+    from selora.engine.sample import build_pipeline
+
+    pipe = build_pipeline(params, root / "train" / "adapter" / "best", torch.device("cpu"))
+    gens = [torch.Generator().manual_seed(3) for _ in range(2)]
+    out = pipe(["The heart is enlarged. Bilateral pleural effusions.", "The lungs are clear."],
+               num_inference_steps=4, guidance_scale=7.5, generator=gens, output_type="np").images
+    assert np.abs(out[0] - out[1]).mean() > 1e-3
+
+
+def _files_digest(train_dir: Path) -> dict[str, str]:
+    files = [train_dir / "adapter" / "best" / "pytorch_lora_weights.safetensors",
+             train_dir / "adapter" / "last" / "pytorch_lora_weights.safetensors",
+             *[train_dir / "logs" / f for f in DETERMINISTIC_LOGS]]
+    return {f.name if f.parent.name == "logs" else f"{f.parent.name}/{f.name}":
+            hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
+
+
+def _cli_train(params_file: Path, run_dir: Path, data: Path, method: str, env_extra=None,
+               timeout: float = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, **(env_extra or {})}
+    cmd = [sys.executable, "-m", "selora", "train", "--params", str(params_file), "--setup", SETUP,
+           "--method", method, "--seed", "0", "--run-dir", str(run_dir), "--data", str(data), "--quiet"]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_sigkill_at_any_point_then_resume_is_bit_identical(tiny_base, prepared, tmp_path):
+    """SeLoRA (the method whose shapes change): kill right after an expansion, and at a random
+    instant; the restarted run must end byte-identical to an uninterrupted one."""
+    params_file = tmp_path / "params.yaml"
+    data = {}
+    for item in engine_overrides(tiny_base["path"], tmp_path / "results"):
+        key, value = item.split("=", 1)
+        node = data
+        *parents, leaf = key.split(".")
+        for k in parents:
+            node = node.setdefault(k, {})
+        node[leaf] = yaml.safe_load(value)
+    data["train"]["checkpoint_every"] = 2
+    params_file.write_text(yaml.safe_dump(data))
+
+    ref = tmp_path / "ref"
+    done = _cli_train(params_file, ref, prepared, "selora")
+    assert done.returncode == 0, done.stderr
+    ranks = pd.read_csv(ref / "train" / "logs" / "ranks.csv")
+    expansion_steps = sorted(set(ranks.loc[ranks.expanded == 1, "step"]))
+    assert expansion_steps, "no expansion happened; the test would not cover one"
+    # The engine counts finished steps from 1: kill after the first checkpoint (every 2 steps) that
+    # holds the grown shapes, i.e. right after the expansion.
+    first = int(expansion_steps[0]) + 1
+    kill_after = first + first % 2
+
+    # 1. Killed right after an expansion (SIGKILL from inside, after that step's bookkeeping).
+    resumed = tmp_path / "resumed"
+    killed = _cli_train(params_file, resumed, prepared, "selora", {"SELORA_FAULT_KILL_AFTER_STEP": str(kill_after)})
+    assert killed.returncode == -signal.SIGKILL
+    assert not (resumed / "train" / "summary.json").exists()
+    assert _cli_train(params_file, resumed, prepared, "selora").returncode == 0
+    assert _files_digest(resumed / "train") == _files_digest(ref / "train")
+
+    # 2. Killed from outside at a random instant of training, then restarted until it finishes.
+    rng = np.random.default_rng(int(time.time()))
+    rand = tmp_path / "random"
+    cmd = [sys.executable, "-m", "selora", "train", "--params", str(params_file), "--setup", SETUP,
+           "--method", "selora", "--seed", "0", "--run-dir", str(rand), "--data", str(prepared), "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (rand / "train" / "checkpoint" / "state.pt").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(float(rng.uniform(0, 1.0)))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert _cli_train(params_file, rand, prepared, "selora").returncode == 0
+    assert _files_digest(rand / "train") == _files_digest(ref / "train")
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tiny_base, prepared, tmp_path):
+    params = load_params(None, [*engine_overrides(tiny_base["path"], tmp_path), "train.lr=1.0e+6",
+                                "train.checkpoint_every=1"])
+    run = RunId(SETUP, "lora", "default", 0)
+    with pytest.raises(TrainingDiverged, match="last good checkpoint") as err:
+        train(params, run, data_dir=prepared, progress=False)
+    ckpt = tmp_path / "runs" / run.relpath / "train" / "checkpoint" / "state.pt"
+    state = torch.load(ckpt, weights_only=True)
+    assert f"at step {state['step']} " in str(err.value)  # the checkpoint is the step before the NaN
+    assert all(np.isfinite(r["loss"]) for r in state["logs"]["steps"])
+
+
+def test_gradient_checkpointing_keeps_text_encoder_adapters_training(tiny_base, prepared, tmp_path):
+    from selora.adapters import create_adapter
+    from selora.basemodel import load_pipeline
+
+    params = load_params(None, engine_overrides(tiny_base["path"], tmp_path))
+    pipe = load_pipeline(params)
+    parts = {"unet": pipe.unet, "text_encoder": pipe.text_encoder}
+    adapter = create_adapter("lora", params.methods.lora, seed=0)
+    adapter.attach(parts, total_steps=1)
+    pipe.unet.enable_gradient_checkpointing()
+    pipe.text_encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    for m in parts.values():
+        m.train()
+    ids = pipe.tokenizer(["The heart is enlarged."] * 2, padding="max_length", max_length=77,
+                         return_tensors="pt").input_ids
+    hidden = pipe.text_encoder(ids)[0]
+    out = pipe.unet(torch.randn(2, 4, 8, 8), torch.tensor([10, 500]), encoder_hidden_states=hidden).sample
+    out.pow(2).mean().backward()
+    te_params = [p for n, p in pipe.text_encoder.named_parameters() if p.requires_grad]
+    assert te_params and all(p.grad is not None and p.grad.abs().sum() > 0 for p in te_params)
