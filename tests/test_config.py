@@ -62,7 +62,8 @@ def test_setup_of_a_dataset_without_raw_folder_fails_before_any_job():
 
 
 def test_overrides_parse_yaml_values_and_reject_malformed(tmp_path):
-    p = load_params(None, ["methods.selora.threshold=1.3", "experiment.seeds=[7, 8]"])
+    p = load_params(None, ["methods.selora.threshold=1.3", "experiment.seeds=[7, 8]",
+                           "experiment.ablation.seeds=[7]"])
     assert p.methods.selora.threshold == 1.3 and p.experiment.seeds == [7, 8]
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         load_params(None, ["methods.selora.threshold"])
