@@ -15,6 +15,8 @@ validate(config, "workflow/schemas/params.schema.yaml")
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/base_model.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/sample.smk"
 
 
 rule all:

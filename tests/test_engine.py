@@ -165,7 +165,8 @@ def test_sigkill_at_any_point_then_resume_is_bit_identical(tiny_base, prepared, 
 
     # 1. Killed right after an expansion (SIGKILL from inside, after that step's bookkeeping).
     resumed = tmp_path / "resumed"
-    killed = _cli_train(params_file, resumed, prepared, "selora", {"SELORA_FAULT_KILL_AFTER_STEP": str(kill_after)})
+    killed = _cli_train(params_file, resumed, prepared, "selora",
+                        {"SELORA_FAULT_KILL_AFTER_STEP": str(kill_after)})
     assert killed.returncode == -signal.SIGKILL
     assert not (resumed / "train" / "summary.json").exists()
     assert _cli_train(params_file, resumed, prepared, "selora").returncode == 0
@@ -187,7 +188,8 @@ def test_sigkill_at_any_point_then_resume_is_bit_identical(tiny_base, prepared, 
     assert _files_digest(rand / "train") == _files_digest(ref / "train")
 
 
-def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tiny_base, prepared, tmp_path):
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tiny_base, prepared,
+                                                                                tmp_path):
     params = load_params(None, [*engine_overrides(tiny_base["path"], tmp_path), "train.lr=1.0e+6",
                                 "train.checkpoint_every=1"])
     run = RunId(SETUP, "lora", "default", 0)

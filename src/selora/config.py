@@ -11,6 +11,7 @@ bad grid fails before any job starts.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import types
@@ -206,7 +207,6 @@ class TrainConfig:
     checkpoint_every: int
     memory_every: int
     val_draws: int
-    cache_latents: bool
     threads: int | None
 
 
@@ -425,10 +425,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise ConfigError(f"override {text!r}: empty key")
     parsed = yaml.safe_load(value) if value.strip() else None
     if isinstance(parsed, str):  # `--set train.lr=1e-4`: YAML 1.1 leaves exponents without a dot as text
-        try:
+        with contextlib.suppress(ValueError):
             parsed = float(parsed)
-        except ValueError:
-            pass
     return parts, parsed
 
 

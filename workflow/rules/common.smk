@@ -1,24 +1,54 @@
-# Helpers shared by every phase file: the params files handed to `selora`, and path helpers.
+# Helpers shared by every phase file: the params files handed to `selora`, the run grid, paths.
 import shlex
 from pathlib import Path
+
+from selora.config import params_from_dict
+from selora.runlayout import grid
 
 # The same params files Snakemake merged into `config`, in the same order, for every `selora` call.
 PARAMS_FILES = [str(p) for p in (workflow.configfiles or ["params.yaml"])]
 PARAMS_ARGS = " ".join(f"--params {shlex.quote(p)}" for p in PARAMS_FILES)
 
-DATA = config["paths"]["data"]
-MODELS = config["paths"]["models"]
-RESULTS = config["paths"]["results"]
+# Cross-field checks (unknown setups, missing raw folders, ablation points) before any job starts.
+P = params_from_dict(config)
+RUNS = grid(P)
+
+DATA = P.paths.data
+MODELS = P.paths.models
+RESULTS = P.paths.results
 LOGS = f"{RESULTS}/logs"
 ENV = "../../environment.yml"
+RUN = f"{RESULTS}/runs/{{setup}}/{{method}}/{{variant}}/seed{{seed}}"
+
+# GPU jobs only when the params ask for a GPU; the embedded default trains on the CPU.
+GPU = 0 if P.train.device == "cpu" else 1
+TRAIN_THREADS = P.train.threads or (1 if GPU == 0 else 4)
+
+
+wildcard_constraints:
+    setup="[^/]+",
+    method="lora|adalora|dylora|selora",
+    variant="default|threshold-[0-9.]+|test_interval-[0-9]+",
+    seed="[0-9]+",
 
 
 def base_model_input():
     """The pre-trained miniature when base_model.name is 'tiny'; nothing for SD 1.5 and friends."""
-    if config["base_model"]["name"] == "tiny":
-        return [f"{MODELS}/tiny-sd"]
-    return []
+    return [f"{MODELS}/tiny-sd"] if P.base_model.name == "tiny" else []
+
+
+def raw_input(wildcards):
+    """The raw folder of a setup's data set: generated for synthetic-cxr, the user's otherwise."""
+    dataset = P.setup(wildcards.setup).dataset
+    if dataset == "synthetic-cxr":
+        return f"{DATA}/raw/synthetic-cxr"
+    return P.datasets.get(dataset).raw
+
+
+def run_paths(leaf):
+    """`leaf` (e.g. 'train/summary.json') inside every run folder of the grid."""
+    return [f"{RESULTS}/runs/{r.relpath}/{leaf}" for r in RUNS]
 
 
 def final_targets():
-    return [f"{DATA}/raw/synthetic-cxr", *base_model_input()]
+    return [*run_paths("train/summary.json"), *run_paths("samples")]

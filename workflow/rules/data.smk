@@ -18,3 +18,23 @@ rule make_synthetic:
     shell:
         "selora make-synthetic {params.params} --quiet "
         "--natural-out {output.natural} --cxr-out {output.cxr} > {log} 2>&1"
+
+
+rule prepare:
+    input:
+        raw=raw_input,
+        base=base_model_input(),
+    output:
+        directory(f"{DATA}/prepared/{{setup}}"),
+    params:
+        params=PARAMS_ARGS,
+    log:
+        f"{LOGS}/prepare/{{setup}}.log",
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=120,
+    conda:
+        ENV
+    shell:
+        "selora prepare {params.params} --setup {wildcards.setup} --out {output} --quiet > {log} 2>&1"

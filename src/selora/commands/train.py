@@ -21,7 +21,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", help="prepared data folder (default: <paths.data>/prepared/<setup>)")
 
 
-def resolve_run(args: argparse.Namespace):  # noqa: ANN201
+def resolve_run(args: argparse.Namespace):
     """(params with the variant's overrides applied, RunId)."""
     from selora.config import load_params
     from selora.runlayout import RunId, variant_overrides

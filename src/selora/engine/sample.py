@@ -40,7 +40,7 @@ def sample_config(params: Params, run: RunId) -> dict[str, Any]:
     return {**run_config(params, run), "sample": params.raw["sample"]}
 
 
-def build_pipeline(params: Params, adapter_dir: Path, device: torch.device):  # noqa: ANN201
+def build_pipeline(params: Params, adapter_dir: Path, device: torch.device):
     import diffusers
 
     dtype = None

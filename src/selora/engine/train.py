@@ -225,6 +225,7 @@ def train(params: Params, run: RunId, *, data_dir: str | Path | None = None,
     step, epoch, batch, best = 0, 0, 0, float("inf")
     best_epoch: int | None = None
     timing: list[dict[str, float]] = []
+    clock = {"steps_s": 0.0, "checkpoint_s": 0.0, "validation_s": 0.0}  # where the time goes
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         lr_scheduler.load_state_dict(state["lr_scheduler"])
@@ -234,6 +235,7 @@ def train(params: Params, run: RunId, *, data_dir: str | Path | None = None,
         step, epoch, batch = state["step"], state["epoch"], state["batch"]
         best, best_epoch = state["best_val_loss"], state["best_epoch"]
         timing = list(state["timing"])
+        clock = dict(state["clock"])
 
     if state is None and draws is not None:
         # The untouched base model's validation loss (every adapter starts as the identity).
@@ -241,13 +243,15 @@ def train(params: Params, run: RunId, *, data_dir: str | Path | None = None,
         logs.add("validation", epoch=-1, step=0, val_loss=val0, is_best=False)
 
     def save_checkpoint() -> None:
+        t = time.perf_counter()
         checkpoint.save(ckpt_dir, {
             "config_hash": chash, "step": step, "epoch": epoch, "batch": batch,
-            "best_val_loss": best, "best_epoch": best_epoch, "timing": timing,
+            "best_val_loss": best, "best_epoch": best_epoch, "timing": timing, "clock": clock,
             "adapter": adapter.state_dict(), "optimizer": optimizer.state_dict(),
             "lr_scheduler": lr_scheduler.state_dict(), "scaler": scaler.state_dict(),
             "rng": checkpoint.rng_state({"data": gen}), "logs": logs.state(),
         })
+        clock["checkpoint_s"] += time.perf_counter() - t
 
     # 6. The loop.
     kill_after = int(os.environ.get(FAULT_KILL_ENV, "-1"))
@@ -256,6 +260,7 @@ def train(params: Params, run: RunId, *, data_dir: str | Path | None = None,
     while epoch < epochs:
         order = epoch_order(len(train_set), run.seed, epoch)
         while batch < steps_per_epoch and step < total_steps:
+            t_step = time.perf_counter()
             idx = order[batch * setup.batch_size:(batch + 1) * setup.batch_size]
             adapter.before_forward(step)
             mean, std = train_set.mean[idx], train_set.std[idx]
@@ -283,6 +288,7 @@ def train(params: Params, run: RunId, *, data_dir: str | Path | None = None,
             logs.extend("ranks", adapter.history())
             step += 1
             batch += 1
+            clock["steps_s"] += time.perf_counter() - t_step
             bar.update(1)
             if step % tcfg.memory_every == 0:
                 logs.add("memory", step=step, device=device.type, peak_mb=memory_mb(device))
@@ -293,7 +299,10 @@ def train(params: Params, run: RunId, *, data_dir: str | Path | None = None,
 
         # 7. End of epoch: validation on fixed draws; keep the best epoch's adapter.
         if draws is not None:
-            val = validation_loss(parts, scheduler, val_set, draws, scaling, setup.batch_size, device, autocast)
+            t_val = time.perf_counter()
+            val = validation_loss(parts, scheduler, val_set, draws, scaling, setup.batch_size, device,
+                                  autocast)
+            clock["validation_s"] += time.perf_counter() - t_val
         else:
             val = float("nan")  # no validation split (Montgomery, as the paper): the last epoch is kept
         is_best = draws is None or val < best
@@ -326,6 +335,9 @@ def train(params: Params, run: RunId, *, data_dir: str | Path | None = None,
         "best_val_loss": best if draws is not None else None,
         "train_time_s": round(sum(t["wall_s"] for t in timing), 3),
         "epoch_times": timing,
+        **{f"{k.removesuffix('_s')}_time_s": round(v, 3) for k, v in clock.items()},
+        "steps_per_second": round(step / clock["steps_s"], 3) if clock["steps_s"] else None,
+        "checkpoint_overhead": round(clock["checkpoint_s"] / max(clock["steps_s"], 1e-9), 4),
         "memory_device": device.type,
         "memory_mean_mb": round(sum(memory) / len(memory), 1) if memory else None,
         "memory_max_mb": max(memory) if memory else None,

@@ -1,0 +1,26 @@
+# Sample: the test prompts' images from the run's best adapter, loaded from its exported LoRA file.
+
+
+rule sample:
+    input:
+        data=f"{DATA}/prepared/{{setup}}",
+        base=base_model_input(),
+        adapter=f"{RUN}/train/adapter/best/pytorch_lora_weights.safetensors",
+        summary=f"{RUN}/train/summary.json",
+    output:
+        directory(f"{RUN}/samples"),
+    params:
+        params=PARAMS_ARGS,
+    log:
+        f"{LOGS}/sample/{{setup}}/{{method}}/{{variant}}/seed{{seed}}.log",
+    threads: TRAIN_THREADS
+    resources:
+        gpu=GPU,
+        mem_mb=4000,
+        runtime=120,
+    conda:
+        ENV
+    shell:
+        "selora sample {params.params} --setup {wildcards.setup} --method {wildcards.method} "
+        "--variant {wildcards.variant} --seed {wildcards.seed} --set train.threads={threads} "
+        "--quiet > {log} 2>&1"

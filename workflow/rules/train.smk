@@ -1,0 +1,26 @@
+# Train: one adapter per (setup, method, variant, seed). The checkpoint folder is deliberately not
+# an output, so a preempted or failed job that is retried resumes from it instead of restarting.
+
+
+rule train:
+    input:
+        data=f"{DATA}/prepared/{{setup}}",
+        base=base_model_input(),
+    output:
+        summary=f"{RUN}/train/summary.json",
+        best=f"{RUN}/train/adapter/best/pytorch_lora_weights.safetensors",
+    params:
+        params=PARAMS_ARGS,
+    log:
+        f"{LOGS}/train/{{setup}}/{{method}}/{{variant}}/seed{{seed}}.log",
+    threads: TRAIN_THREADS
+    resources:
+        gpu=GPU,
+        mem_mb=4000,
+        runtime=600,
+    conda:
+        ENV
+    shell:
+        "selora train {params.params} --setup {wildcards.setup} --method {wildcards.method} "
+        "--variant {wildcards.variant} --seed {wildcards.seed} --set train.threads={threads} "
+        "--quiet > {log} 2>&1"
