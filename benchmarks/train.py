@@ -96,15 +96,16 @@ def sd15_gpu(args: argparse.Namespace) -> dict:  # pragma: no cover - needs a GP
         if method is None:  # the diffusers example's way: peft adapters, trainable params filtered
             cfg = LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian", target_modules="all-linear")
             unet.add_adapter(cfg)
-            text.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian",
-                                        target_modules=["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]))
+            targets = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
+            text.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian", target_modules=targets))
             trainable = [p for m in (unet, text) for p in m.parameters() if p.requires_grad]
             adapter = None
         else:
             adapter = create_adapter(method, params.methods.get(method), seed=0)
             adapter.attach({"unet": unet, "text_encoder": text}, total_steps=args.gpu_steps)
             trainable = adapter.trainable_parameters()
-        opt = torch.optim.AdamW(trainable, lr=1e-4) if method is None else torch.optim.Adam(trainable, lr=1e-4)
+        opt_cls = torch.optim.AdamW if method is None else torch.optim.Adam  # diffusers' script: AdamW
+        opt = opt_cls(trainable, lr=1e-4)
         scaler = torch.amp.GradScaler("cuda")
         ids = torch.randint(0, 49408, (bs, 77), device=dev)
         torch.cuda.reset_peak_memory_stats()
