@@ -97,7 +97,8 @@ def sd15_gpu(args: argparse.Namespace) -> dict:  # pragma: no cover - needs a GP
             cfg = LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian", target_modules="all-linear")
             unet.add_adapter(cfg)
             targets = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
-            text.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian", target_modules=targets))
+            text.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian",
+                                        target_modules=targets))
             trainable = [p for m in (unet, text) for p in m.parameters() if p.requires_grad]
             adapter = None
         else:
