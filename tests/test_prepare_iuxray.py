@@ -120,3 +120,16 @@ def test_bad_layouts_are_clear_errors(tmp_path):
     with pytest.raises(DatasetFormatError, match=r"indiana_projections\.csv is not"):
         _prepare(tmp_path / "k", tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_cli_takes_raw_and_view_table_from_params_and_the_384_split(tmp_path, capsys):
+    from selora.cli import main
+
+    exp = write_iu(tmp_path / "raw", "nlm", quirks=False)
+    code = main(["prepare", "--dataset", "iu-xray", "--size", "384", "--out", str(tmp_path / "out"),
+                 "--quiet", "--set", f"datasets.iu-xray.raw={tmp_path / 'raw'}",
+                 "--set", f"datasets.iu-xray.views={exp.extra['views']}"])
+    assert code == 0, capsys.readouterr().err
+    rows = read_manifest(tmp_path / "out")
+    assert [sum(r["split"] == s for r in rows) for s in ("train", "validation", "test")] == [21, 3, 6]
+    assert all(r["image_id"] == exp.extra["frontal"][r["source_id"]] for r in rows)

@@ -81,3 +81,16 @@ def test_bad_choices_are_clear_errors(tmp_path):
     with pytest.raises(DatasetFormatError, match=r"captions.csv: missing column\(s\) subtype"):
         _prepare(tmp_path / "raw", tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_cli_subtype_flags(tmp_path, capsys):
+    from selora.cli import main
+
+    write_patchgastric(tmp_path / "raw", quirks=False)
+    code = main(["prepare", "--dataset", "patchgastric", "--raw", str(tmp_path / "raw"), "--size", "16",
+                 "--subtype", PAPER_SUBTYPES[4], "--subtype", "Papillary adenocarcinoma",
+                 "--pairs-per-subtype", "10", "--out", str(tmp_path / "out"), "--quiet", "--workers", "1"])
+    assert code == 0, capsys.readouterr().err
+    rows = read_manifest(tmp_path / "out")
+    assert {r["labels"]["subtype"] for r in rows} == {PAPER_SUBTYPES[4], "Papillary adenocarcinoma"}
+    assert len(rows) == 20

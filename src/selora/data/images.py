@@ -1,8 +1,8 @@
 """Image pre-processing (paper B.1) and the worker pool that streams it.
 
 Every image is decoded once, resized so its shortest side is ``size``, centre-cropped to
-``size × size``, made 3-channel and encoded as PNG inside a worker process; the parent only writes
-the bytes. Results come back in input order with a bounded number in flight, so memory does not
+``size × size``, made 3-channel and written as PNG into a staging folder by a worker process; the
+parent only learns whether it worked. Results come back in input order with a bounded number in flight, so memory does not
 grow with the data set and the output does not depend on the number of workers.
 """
 
@@ -24,6 +24,7 @@ T = TypeVar("T")
 # The resampling filter of the resize (PIL's antialiased bicubic, as torchvision's Resize on PIL
 # images with antialias); the crop is exact.
 RESAMPLE = Image.Resampling.BICUBIC
+PNG_COMPRESS_LEVEL = 1
 
 
 def to_rgb8(im: Image.Image) -> Image.Image:
@@ -63,25 +64,27 @@ def preprocess(path: str, size: int) -> Image.Image:
         return resize_center_crop(to_rgb8(im), size)
 
 
-def encode_png(im: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    im.save(buf, format="PNG", optimize=False)
-    return buf.getvalue()
+def save_png(im: Image.Image, dest: str | io.BytesIO) -> None:
+    # zlib level 1: about twice as fast as the default 6 and, on radiographs and patches, only a few
+    # percent larger; decoding speed in training is the same.
+    im.save(dest, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
 
 
-def process_image(job: tuple[str, int]) -> tuple[bytes | None, str | None]:
-    """Worker entry: ``(path, size)`` → ``(png bytes, None)`` or ``(None, why it is unusable)``.
+def process_image(job: tuple[str, int, str]) -> str | None:
+    """Worker entry: ``(raw path, size, staged PNG path)`` → None when written, else why the image
+    is unusable. The worker writes the PNG itself, so no pixels travel between processes.
 
     Any decoding failure is bad input, reported as a skip, never a crash of the run; the
     exception type is kept in the reason so a genuine bug is still recognisable.
     """
-    path, size = job
+    path, size, dest = job
     if not os.path.isfile(path):
-        return None, "image file missing"
+        return "image file missing"
     try:
-        return encode_png(preprocess(path, size)), None
+        save_png(preprocess(path, size), dest)
     except Exception as exc:  # noqa: BLE001 - every decoder error means "unusable image"
-        return None, f"{type(exc).__name__}: {exc}"
+        return f"{type(exc).__name__}: {exc}"
+    return None
 
 
 def _context() -> Any:
@@ -114,19 +117,22 @@ class OrderedPool:
 
     def map(self, fn: Callable[[Any], Any], items: Iterable[T],
             job: Callable[[T], Any]) -> Iterator[tuple[T, Any]]:
+        """Yield ``(item, (job(item), fn(job(item))))`` in input order."""
         if self._pool is None:
             for item in items:
-                yield item, fn(job(item))
+                args = job(item)
+                yield item, (args, fn(args))
             return
         pending: deque = deque()
         for item in items:
-            pending.append((item, self._pool.apply_async(fn, (job(item),))))
+            args = job(item)
+            pending.append((item, args, self._pool.apply_async(fn, (args,))))
             if len(pending) >= self.window:
-                first, result = pending.popleft()
-                yield first, result.get()
+                first, a, result = pending.popleft()
+                yield first, (a, result.get())
         while pending:
-            first, result = pending.popleft()
-            yield first, result.get()
+            first, a, result = pending.popleft()
+            yield first, (a, result.get())
 
     def close(self) -> None:
         if self._pool is not None:

@@ -77,14 +77,19 @@ def collect(opts: PrepareOptions, log: SkipLog) -> tuple[list[Candidate], str]:
     raw = require_dir(opts.raw, "IU X-Ray (NLMCXR_reports.tgz + NLMCXR_png.tgz, or the Kaggle archive)")
     reports_csv = find_path(raw, ["indiana_reports.csv"], want_dir=False)
     if reports_csv is not None:
-        return _collect_kaggle(raw, reports_csv, log), "kaggle"
-    xml_dir = find_path(raw, ["ecgen-radiology"], want_dir=True)
-    if xml_dir is None:
-        raise DatasetFormatError(
-            f"{raw}: neither indiana_reports.csv (Kaggle layout) nor ecgen-radiology/ (NLM layout, "
-            "from NLMCXR_reports.tgz) found; unpack the IU X-Ray reports there"
-        )
-    return _collect_nlm(raw, xml_dir, opts.views, log), "nlm"
+        out, layout = _collect_kaggle(raw, reports_csv, log), "kaggle"
+    else:
+        xml_dir = find_path(raw, ["ecgen-radiology"], want_dir=True)
+        if xml_dir is None:
+            raise DatasetFormatError(
+                f"{raw}: neither indiana_reports.csv (Kaggle layout) nor ecgen-radiology/ (NLM layout, "
+                "from NLMCXR_reports.tgz) found; unpack the IU X-Ray reports there"
+            )
+        out, layout = _collect_nlm(raw, xml_dir, opts.views, log), "nlm"
+    n_impression = sum(c.labels["text_source"] == "impression" for c in out)
+    log.note(f"Prompt = FINDINGS; {n_impression} report(s) with empty findings use their IMPRESSION "
+             "(labels.text_source = impression); reports with both empty are skipped.")
+    return out, layout
 
 
 # ----------------------------------------------------------------------------- NLM layout

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import os
 from pathlib import Path
@@ -137,19 +138,22 @@ def _decode(pools: list[Pool], opts: PrepareOptions, staging: Path, log: SkipLog
     """Decode + pre-process every pool's images in order (a quota stops a pool early)."""
     accepted: list[tuple[Candidate, str | None, Path]] = []
     total = sum(p.quota if p.quota is not None else p.size for p in pools)
+    seq = itertools.count()
+
+    def job(c: Candidate) -> tuple[str, int, str]:
+        return c.image, opts.size, str(staging / f"{next(seq):08d}.png")
+
     with OrderedPool(opts.workers) as workers, tqdm(total=total, unit="img", disable=not progress,
                                                      desc=f"prepare {opts.dataset}") as bar:
         for pool in pools:
             taken = tried = 0
-            for cand, (png, error) in workers.map(process_image, pool.items, lambda c: (c.image, opts.size)):
+            for cand, (args, error) in workers.map(process_image, pool.items, job):
                 tried += 1
                 if error is not None:
                     reason = error if error == "image file missing" else "unreadable image"
                     log.skip(cand.source_id, reason, f"{cand.image}: {error}")
                     continue
-                staged = staging / f"{len(accepted):08d}.png"
-                staged.write_bytes(png)
-                accepted.append((cand, pool.split, staged))
+                accepted.append((cand, pool.split, Path(args[2])))
                 taken += 1
                 bar.update()
                 if pool.quota is not None and taken == pool.quota:
@@ -159,6 +163,11 @@ def _decode(pools: list[Pool], opts: PrepareOptions, staging: Path, log: SkipLog
                     raise DatasetFormatError(f"{pool.name}: only {taken} usable images among {pool.size} "
                                              f"candidates, {pool.quota} needed (see the skipped images)")
                 log.exclude("not sampled", pool.size - tried)
+    # Images decoded ahead of a quota that was already met are not used (the pool is closed now).
+    used = {p.name for _, _, p in accepted}
+    for path in staging.iterdir():
+        if path.name not in used:
+            path.unlink()
     return accepted
 
 

@@ -47,4 +47,5 @@ def collect(opts: PrepareOptions, log: SkipLog) -> tuple[list[Candidate], str]:
             out.append(Candidate(source_id=source_id, image=str(image), text=text,
                                  labels=dict(row.get("labels") or {})))
     out.sort(key=lambda c: natural_key(c.source_id))
+    log.note(f"Re-split from {raw} (its own splits are ignored); texts and labels carried unchanged.")
     return out, "imagefolder"
