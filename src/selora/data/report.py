@@ -65,7 +65,7 @@ def label_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
         values = [r["labels"].get(key) for r in rows]
         distinct = set(map(repr, values))
         numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
-        if numeric and len(distinct) > 10:
+        if numeric and len(distinct) > 2:
             out[key] = {"min": min(values), "median": statistics.median(values), "max": max(values)}
         elif len(distinct) <= 20:
             out[key] = dict(sorted(Counter(str(v) for v in values).items()))
