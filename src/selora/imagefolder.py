@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -52,15 +53,41 @@ class ImageFolderWriter:
         stem: str | None = None,
         **extra: Any,
     ) -> str:
+        target = self._target(split, stem)
+        image.convert("RGB").save(target, format="PNG", optimize=False)
+        return self._record(target, split, text, source_id, labels, extra)
+
+    def add_png(
+        self,
+        png: bytes | Path,
+        *,
+        split: str,
+        text: str,
+        source_id: str,
+        labels: dict[str, Any] | None = None,
+        stem: str | None = None,
+        **extra: Any,
+    ) -> str:
+        """Like :meth:`add` for an RGB image already encoded as PNG (worker processes encode in
+        parallel): ``bytes`` are written as is, a ``Path`` (a staged file) is moved into place."""
+        target = self._target(split, stem)
+        if isinstance(png, Path):
+            os.replace(png, target)
+        else:
+            target.write_bytes(png)
+        return self._record(target, split, text, source_id, labels, extra)
+
+    def _target(self, split: str, stem: str | None) -> Path:
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
-        rows = self.rows[split]
-        stem = stem or f"{len(rows):06d}"
-        file_name = f"{stem}.png"
         folder = self.root / split
         folder.mkdir(parents=True, exist_ok=True)
-        image.convert("RGB").save(folder / file_name, format="PNG", optimize=False)
-        rows.append(
+        return folder / f"{stem or f'{len(self.rows[split]):06d}'}.png"
+
+    def _record(self, target: Path, split: str, text: str, source_id: str,
+                labels: dict[str, Any] | None, extra: dict[str, Any]) -> str:
+        file_name = target.name
+        self.rows[split].append(
             {
                 "file_name": file_name,
                 "text": text,

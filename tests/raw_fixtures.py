@@ -1,0 +1,309 @@
+"""Tiny fake trees in each data set's official layout, with the quirks of the real files.
+
+No patient data: images are random noise, texts are invented. Each writer returns what a correct
+preparation must find (kept records with their prompts, skipped records with their reasons), so
+tests compare against the fixture's own spec rather than hard-coded numbers.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+PAPER_SUBTYPES = [
+    "Moderately differentiated tubular adenocarcinoma",
+    "Well differentiated tubular adenocarcinoma",
+    "Moderately to poorly differentiated adenocarcinoma",
+    "Poorly differentiated adenocarcinoma, solid type",
+    "Poorly differentiated adenocarcinoma, non-solid type",
+]
+
+
+@dataclass
+class Expect:
+    """What preparation must produce: source id → prompt for kept records, source → skip reason."""
+
+    kept: dict[str, str] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
+
+
+def noise_image(path: Path, w: int, h: int, seed: int, mode: str = "L", fmt: str = "PNG") -> None:
+    rng = np.random.default_rng(seed)
+    shape = (h, w, 3) if mode == "RGB" else (h, w)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode=mode).save(path, format=fmt)
+
+
+def corrupt_image(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n this is not image data")
+
+
+def truncated_image(path: Path, w: int = 40, h: int = 48) -> None:
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (h, w), dtype=np.uint8)).save(buf, "PNG")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+
+
+# ----------------------------------------------------------------------------- IU X-Ray
+@dataclass
+class IuReport:
+    uid: int
+    findings: str
+    impression: str
+    images: list[tuple[str, str]]  # (NLM image id, "Frontal"|"Lateral") in document order
+
+
+def iu_reports(n: int) -> list[IuReport]:
+    """``n`` ordinary reports: frontal first for even uids, lateral first for odd ones."""
+    out = []
+    for uid in range(1, n + 1):
+        f = (f"CXR{uid}_IM-{uid:04d}-1001", "Frontal")
+        lat = (f"CXR{uid}_IM-{uid:04d}-2001", "Lateral")
+        out.append(IuReport(uid, f"The heart is normal in size. XXXX lungs are clear, case {uid}.",
+                            f"No acute disease {uid}.", [f, lat] if uid % 2 == 0 else [lat, f]))
+    return out
+
+
+def _nlm_xml(r: IuReport) -> str:
+    images = "".join(
+        f'<parentImage id="{i}"><figureId>F{k}</figureId><caption>Xray Chest PA and Lateral</caption>'
+        f"<panel type=\"single\"><url>/x/{i}.jpg</url></panel></parentImage>"
+        for k, (i, _) in enumerate(r.images, 1)
+    )
+    return (
+        '<?xml version="1.0" encoding="utf-8"?>\n<eCitation><meta type="rr"/>'
+        f'<uId id="CXR{r.uid}"/><pmcId id="{r.uid}"/><MedlineCitation><Article><Abstract>'
+        '<AbstractText Label="COMPARISON">None.</AbstractText>'
+        '<AbstractText Label="INDICATION">XXXX-year-old male, chest pain.</AbstractText>'
+        f'<AbstractText Label="FINDINGS">{r.findings}</AbstractText>'
+        f'<AbstractText Label="IMPRESSION">{r.impression}</AbstractText>'
+        f"</Abstract></Article></MedlineCitation><MeSH><major>normal</major></MeSH>{images}</eCitation>\n"
+    )
+
+
+def write_iu(root: Path, layout: str, n: int = 30, quirks: bool = True) -> Expect:
+    """IU X-Ray in the ``nlm`` or ``kaggle`` layout; the NLM tree gets ``views.csv`` beside it."""
+    reports = iu_reports(n)
+    exp = Expect()
+    for r in reports:
+        exp.kept[f"CXR{r.uid}"] = r.findings
+    frontal = {f"CXR{r.uid}": next(i for i, v in r.images if v == "Frontal") for r in reports}
+    first = {f"CXR{r.uid}": r.images[0][0] for r in reports}
+    bad_images: dict[str, str] = {}  # image id -> "missing" | "corrupt" | "truncated"
+    if quirks:
+        k = n + 1
+        impr = IuReport(k, "   ", "Heart size XXXX. No   acute\n disease.",
+                        [(f"CXR{k}_IM-9001-1001", "Frontal")])
+        exp.kept[f"CXR{k}"] = "Heart size XXXX. No acute disease."
+        frontal[f"CXR{k}"] = first[f"CXR{k}"] = impr.images[0][0]
+        empty = IuReport(k + 1, "", "", [(f"CXR{k + 1}_IM-9002-1001", "Frontal")])
+        exp.skipped[f"CXR{k + 1}"] = "empty findings and impression"
+        missing = IuReport(k + 2, "Findings with a missing image.", "",
+                           [(f"CXR{k + 2}_IM-9003-1001", "Frontal")])
+        exp.skipped[f"CXR{k + 2}_IM-9003-1001" if layout == "nlm" else f"{k + 2}_IM-9003-1001.dcm.png"] = (
+            "image file missing")
+        corrupt = IuReport(k + 3, "Findings with a corrupt image.", "",
+                           [(f"CXR{k + 3}_IM-9004-1001", "Frontal")])
+        exp.skipped[f"CXR{k + 3}"] = "unreadable image"
+        trunc = IuReport(k + 4, "Findings with a truncated image.", "",
+                         [(f"CXR{k + 4}_IM-9005-1001", "Frontal")])
+        exp.skipped[f"CXR{k + 4}"] = "unreadable image"
+        lateral_only = IuReport(k + 5, "Only a lateral view.", "", [(f"CXR{k + 5}_IM-9006-2001", "Lateral")])
+        no_image = IuReport(k + 6, "No image at all.", "", [])
+        exp.skipped[f"CXR{k + 6}"] = "report has no image"
+        bad_images = {missing.images[0][0]: "missing", corrupt.images[0][0]: "corrupt",
+                      trunc.images[0][0]: "truncated"}
+        reports += [impr, empty, missing, corrupt, trunc, lateral_only, no_image]
+        exp.extra["lateral_only"] = f"CXR{k + 5}"
+    exp.extra.update(frontal=frontal, first=first, n_reports=len(reports))
+    if layout == "nlm":
+        _write_nlm(root, reports, bad_images, quirks, exp)
+    else:
+        _write_kaggle(root, reports, bad_images, quirks, exp)
+    return exp
+
+
+def _write_images(folder: Path, reports: list[IuReport], bad: dict[str, str], name) -> None:
+    for r in reports:
+        for j, (image, _) in enumerate(r.images):
+            path = folder / name(r, image)
+            kind = bad.get(image)
+            if kind == "missing":
+                continue
+            if kind == "corrupt":
+                corrupt_image(path)
+            elif kind == "truncated":
+                truncated_image(path)
+            else:
+                w, h = (40, 52) if j == 0 else (52, 40)
+                noise_image(path, w, h, seed=r.uid * 10 + j)
+
+
+def _write_nlm(root: Path, reports: list[IuReport], bad: dict[str, str], quirks: bool, exp: Expect) -> None:
+    xml_dir = root / "ecgen-radiology"
+    xml_dir.mkdir(parents=True)
+    for r in reports:
+        (xml_dir / f"{r.uid}.xml").write_text(_nlm_xml(r), encoding="utf-8")
+    _write_images(root / "NLMCXR_png", reports, bad, lambda r, i: f"{i}.png")
+    with (root.parent / f"{root.name}-views.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["imageid", "View Position"])
+        for r in reports:
+            for image, view in r.images:
+                w.writerow([image, "PA" if view == "Frontal" else "LL"])
+    exp.extra["views"] = root.parent / f"{root.name}-views.csv"
+    if quirks:
+        n = len(reports)
+        # Not well-formed XML, then a well-formed one whose findings hold a Latin-1 byte (invalid UTF-8).
+        (xml_dir / f"{n + 100}.xml").write_text("<eCitation><uId id='CXR999'/><Abstract>", encoding="utf-8")
+        exp.skipped[f"{n + 100}.xml"] = "invalid XML"
+        latin = _nlm_xml(IuReport(n + 101, "Caf\xe9 opacity.", "",
+                                  [(f"CXR{n + 101}_IM-9100-1001", "Frontal")]))
+        (xml_dir / f"{n + 101}.xml").write_bytes(latin.encode("latin-1"))
+        exp.skipped[f"{n + 101}.xml"] = "invalid XML"
+        # A second file with the uid of report 2: the first one is kept.
+        dup = _nlm_xml(IuReport(2, "Duplicate report.", "", reports[1].images))
+        (xml_dir / f"{n + 102}.xml").write_text(dup, encoding="utf-8")
+        exp.skipped["CXR2"] = "duplicate id"
+
+
+def _write_kaggle(root: Path, reports: list[IuReport], bad: dict[str, str], quirks: bool,
+                  exp: Expect) -> None:
+    def fname(r: IuReport, image: str) -> str:
+        return image.removeprefix("CXR") + ".dcm.png"
+
+    root.mkdir(parents=True)
+    _write_images(root / "images" / "images_normalized", reports, bad, fname)
+    header = ["uid", "MeSH", "Problems", "image", "indication", "comparison", "findings", "impression"]
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")  # quotes the line breaks inside findings
+    writer.writerow(header)
+    proj = ["uid,filename,projection"]
+    for r in reports:
+        writer.writerow([r.uid, "normal", "normal", "Xray Chest PA and Lateral", "XXXX-year-old", "None.",
+                         r.findings, r.impression])
+        proj += [f"{r.uid},{fname(r, i)},{v}" for i, v in r.images]
+    data = buf.getvalue().encode()
+    if quirks:
+        n = len(reports)
+        data += b'2,normal,normal,x,x,x,"Duplicate report.",""\n'
+        exp.skipped["CXR2"] = "duplicate id"
+        data += f'{n + 50},normal,normal,x,x,x,"Caf'.encode() + b"\xe9" + b' opacity.",""\n'
+        exp.skipped[f"CXR{n + 50}"] = "text is not valid UTF-8"
+        proj.append(f"{n + 50},{n + 50}_IM-7000-1001.dcm.png,Frontal")
+        proj.append(f"{n + 60},{n + 60}_IM-7001-1001.dcm.png,Frontal")
+        exp.skipped[f"{n + 60}_IM-7001-1001.dcm.png"] = "image row for a uid not in indiana_reports.csv"
+        proj.append("4,4_IM-0004-3001.dcm.png,Oblique")
+        exp.skipped["4_IM-0004-3001.dcm.png"] = "unknown projection value"
+    (root / "indiana_reports.csv").write_bytes(data)
+    (root / "indiana_projections.csv").write_text("\n".join(proj) + "\n")
+
+
+# ----------------------------------------------------------------------------- Montgomery
+def write_montgomery(root: Path, n_normal: int = 12, n_tb: int = 8, quirks: bool = True) -> Expect:
+    """``MontgomerySet/{CXR_png,ClinicalReadings}`` under ``root``."""
+    base = root / "MontgomerySet"
+    png, txt = base / "CXR_png", base / "ClinicalReadings"
+    txt.mkdir(parents=True)
+    exp = Expect()
+
+    def case(i: int, label: int, body: str, image: str | None = "ok") -> str:
+        stem = f"MCUCXR_{i:04d}_{label}"
+        (txt / f"{stem}.txt").write_text(body, encoding="utf-8")
+        if image == "ok":
+            noise_image(png / f"{stem}.png", 48 + i % 3 * 8, 56, seed=i)
+        elif image == "corrupt":
+            corrupt_image(png / f"{stem}.png")
+        return stem
+
+    for i in range(1, n_normal + n_tb + 1):
+        label = int(i > n_normal)
+        sex = "F " if i % 2 else "M"  # note the trailing space of the real files
+        findings = "normal" if label == 0 else f"right upper lobe cavity {i}.\n  Active TB."
+        stem = case(i, label, f"Patient's Sex: {sex}\nPatient's Age: {30 + i:03d}Y\n{findings}\n")
+        gender = "Female" if i % 2 else "Male"
+        text = "normal" if label == 0 else f"right upper lobe cavity {i}. Active TB."
+        exp.kept[stem] = f"age:{30 + i}, gender:{gender}, findings:{text}"
+    if quirks:
+        k = n_normal + n_tb
+        s = case(k + 1, 1, "Patient's Sex: O\nPatient's Age: 064Y\nleft effusion.\n")
+        exp.kept[s] = "age:64, gender:Other, findings:left effusion."
+        s = case(k + 2, 0, "Patient's Sex: F \nPatient's Age: 041Y\nNO REPORT (same pt as MCUCXR_0001_0)\n")
+        exp.kept[s] = "age:41, gender:Female, findings:NO REPORT"
+        exp.extra["no_report"] = s
+        s = f"MCUCXR_{k + 3:04d}_1"
+        (txt / f"{s}.txt").write_bytes(b"Patient's Sex: M\nPatient's Age: 050Y\nopacit\xe9 droite\n")
+        noise_image(png / f"{s}.png", 48, 56, seed=1)
+        exp.skipped[s] = "text is not valid UTF-8"
+        s = case(k + 4, 1, "Patient's Sex: M\nPatient's Age: 052Y\ninfiltrate.\n", image=None)
+        exp.skipped[s] = "image file missing"
+        s = case(k + 5, 1, "Patient's Sex: M\nPatient's Age: 053Y\ninfiltrate.\n", image="corrupt")
+        exp.skipped[s] = "unreadable image"
+        s = case(k + 6, 0, "Patient's Sex: F\nPatient's Age: 054Y\n\n  \n")
+        exp.skipped[s] = "empty findings"
+        s = case(k + 7, 0, "Patient's Sex: F\nPatient's Age: unknown\nnormal\n")
+        exp.skipped[s] = "missing or unparseable age"
+        s = f"MCUCXR_{k + 8:04d}_0"
+        noise_image(png / f"{s}.png", 48, 56, seed=2)
+        exp.skipped[s] = "no clinical reading"
+    return exp
+
+
+# ----------------------------------------------------------------------------- PatchGastricADC22
+def slide_id(subtype: str, j: int) -> str:
+    return hashlib.md5(f"{subtype}-{j}".encode()).hexdigest()
+
+
+def write_patchgastric(root: Path, slides: int = 4, patches: int = 8, quirks: bool = True,
+                       corrupt_subtype: str | None = None) -> Expect:
+    """``captions.csv`` + ``patches/<slide>_<n>.jpg``: the paper's five subtypes and one other.
+
+    ``corrupt_subtype``: every other patch of that subtype's slides is unreadable.
+    """
+    root.mkdir(parents=True)
+    exp = Expect()
+    rows = [["id", "subtype", "text"]]
+    subtypes = [*PAPER_SUBTYPES, "Papillary adenocarcinoma"]
+    captions: dict[str, str] = {}
+    for s_index, subtype in enumerate(subtypes):
+        for j in range(slides):
+            sid = slide_id(subtype, j)
+            text = f"Group 5, Adenocarcinoma. {subtype} in slide {j}, pattern {s_index}."
+            rows.append([sid, subtype, text])
+            captions[sid] = text
+            for p in range(patches):
+                path = root / "patches" / f"{sid}_{p:03d}{s_index}ab.jpg"
+                if subtype == corrupt_subtype and p % 2:
+                    corrupt_image(path)
+                    exp.extra.setdefault("corrupt", set()).add(path.stem)
+                else:
+                    noise_image(path, 30, 30, seed=s_index * 1000 + j * 50 + p, mode="RGB", fmt="JPEG")
+    exp.extra["captions"] = captions
+    data = io.StringIO()
+    csv.writer(data, lineterminator="\n").writerows(rows)
+    raw = data.getvalue().encode()
+    if quirks:
+        first = slide_id(PAPER_SUBTYPES[0], 0)
+        raw += f'{first},{PAPER_SUBTYPES[1]},"A duplicate row."\n'.encode()
+        exp.skipped[first] = "duplicate id"
+        empty = slide_id("empty", 0)
+        raw += f'{empty},{PAPER_SUBTYPES[0]},""\n'.encode()
+        exp.skipped[empty] = "empty text"
+        noise_image(root / "patches" / f"{empty}_000zz.jpg", 30, 30, seed=7, mode="RGB", fmt="JPEG")
+        latin = slide_id("latin", 0)
+        raw += f'{latin},{PAPER_SUBTYPES[0]},"Ad'.encode() + b"\xe9" + b'nocarcinome."\n'
+        exp.skipped[latin] = "text is not valid UTF-8"
+        orphan = f"{slide_id('orphan', 0)}_000yy"
+        noise_image(root / "patches" / f"{orphan}.jpg", 30, 30, seed=8, mode="RGB", fmt="JPEG")
+        exp.skipped[f"{orphan}.jpg"] = "slide id not in captions.csv"
+    (root / "captions.csv").write_bytes(raw)
+    return exp

@@ -1,0 +1,135 @@
+"""IU X-Ray from both distributions: frontal selection, findings prompts, every quirk reported."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import pytest
+from raw_fixtures import iu_reports, write_iu
+
+from selora.data import PrepareOptions, prepare
+from selora.data.iuxray import load_views
+from selora.errors import DatasetFormatError
+from selora.imagefolder import read_manifest
+
+SPLITS_224 = {"train": 0.8, "validation": 0.16, "test": 0.04}
+
+
+def _prepare(raw: Path, out: Path, **kw):
+    opts = PrepareOptions(dataset="iu-xray", raw=raw, out=out, size=16, seed=0,
+                          splits=kw.pop("splits", SPLITS_224), **kw)
+    return prepare(opts)[0]
+
+
+def _skips(report) -> dict[str, str]:
+    return {s["source"]: s["reason"] for s in report["skipped"]}
+
+
+@pytest.mark.parametrize("layout", ["nlm", "kaggle"])
+def test_prompts_frontal_images_and_every_quirk(tmp_path, layout):
+    exp = write_iu(tmp_path / "raw", layout)
+    views = exp.extra["views"] if layout == "nlm" else None
+    report = _prepare(tmp_path / "raw", tmp_path / "out", views=views)
+    rows = read_manifest(tmp_path / "out")
+    # One record per report: its findings (or the impression when findings are empty), XXXX kept.
+    assert {r["source_id"]: r["text"] for r in rows} == exp.kept
+    assert all("XXXX" in r["text"] for r in rows)
+    by_id = {r["source_id"]: r for r in rows}
+    assert by_id[f"CXR{len(iu_reports(30)) + 1}"]["labels"]["text_source"] == "impression"
+    assert by_id["CXR1"]["labels"] == {"uid": "CXR1", "projection": "PA" if views else "Frontal",
+                                       "text_source": "findings"}
+    # The kept image is the report's frontal one, whatever its position in the report.
+    for r in rows:
+        frontal = exp.extra["frontal"][r["source_id"]]
+        assert r["image_id"] == (frontal if layout == "nlm" else frontal.removeprefix("CXR") + ".dcm.png")
+    # Every bad record is listed with its reason; nothing else is skipped.
+    assert _skips(report) == exp.skipped
+    assert report["excluded"]["report without a frontal image"] == 1  # the lateral-only report
+    assert report["excluded"]["lateral view"] >= 30
+    assert "Frontal images" in " ".join(report["notes"])
+
+
+def test_both_distributions_give_the_same_records_and_splits(tmp_path):
+    write_iu(tmp_path / "nlm", "nlm", quirks=False)
+    write_iu(tmp_path / "kaggle", "kaggle", quirks=False)
+    a = _prepare(tmp_path / "nlm", tmp_path / "a", views=tmp_path / "nlm-views.csv")
+    b = _prepare(tmp_path / "kaggle", tmp_path / "b")
+    rows_a, rows_b = read_manifest(tmp_path / "a"), read_manifest(tmp_path / "b")
+    assert {(r["source_id"], r["split"], r["text"]) for r in rows_a} == \
+        {(r["source_id"], r["split"], r["text"]) for r in rows_b}
+    assert a["counts"] == b["counts"] == {"train": 24, "validation": 5, "test": 1}
+
+
+def test_nlm_without_view_table_uses_the_first_image_and_says_so(tmp_path):
+    exp = write_iu(tmp_path / "raw", "nlm", quirks=False)
+    report = _prepare(tmp_path / "raw", tmp_path / "out")
+    rows = read_manifest(tmp_path / "out")
+    assert len(rows) == 30
+    assert all(r["image_id"] == exp.extra["first"][r["source_id"]] for r in rows)
+    # Odd reports list the lateral first: the rule's known weakness, stated in the report.
+    assert sum(r["image_id"] != exp.extra["frontal"][r["source_id"]] for r in rows) == 15
+    assert any("NO VIEW TABLE" in n for n in report["notes"])
+    assert "NO VIEW TABLE" in (tmp_path / "out" / "data_report.md").read_text()
+    assert report["excluded"] == {"not the first image of its report (first-image rule)": 30}
+
+
+def test_view_table_formats(tmp_path):
+    # torchxrayvision's t-SNE table (gzip) labels only first images: the other image of a pair whose
+    # first is lateral is frontal by elimination.
+    tsne = tmp_path / "tsne.csv.gz"
+    with gzip.open(tsne, "wt") as f:
+        f.write("imageid,tsne-view\nCXR1_a,PA\nCXR2_a,L\n")
+    views, _ = load_views(tsne)
+    assert views["CXR1_a"] == ("frontal", "PA") and views["CXR2_a"] == ("lateral", "L")
+    # Kaggle's projections table keys NLM ids both ways the two distributions name files.
+    kaggle = tmp_path / "indiana_projections.csv"
+    kaggle.write_text("uid,filename,projection\n1,1_IM-0001-4001.dcm.png,Frontal\n2,2_IM-0652-1001.dcm.png,Lateral\n")
+    views, _ = load_views(kaggle)
+    assert views["CXR1_1_IM-0001-4001"][0] == "frontal" and views["CXR2_IM-0652-1001"][0] == "lateral"
+    bad = tmp_path / "bad.csv"
+    bad.write_text("image,view\nx,PA\n")
+    with pytest.raises(DatasetFormatError, match="image-id column"):
+        load_views(bad)
+
+
+def test_frontal_by_elimination_with_a_first_image_only_table(tmp_path):
+    exp = write_iu(tmp_path / "raw", "nlm", quirks=False)
+    table = tmp_path / "tsne.csv"
+    frontal = exp.extra["frontal"]
+    table.write_text("imageid,tsne-view\n" + "".join(
+        f"{first},{'PA' if first == frontal[uid] else 'L'}\n" for uid, first in exp.extra["first"].items()))
+    _prepare(tmp_path / "raw", tmp_path / "out", views=table)
+    rows = read_manifest(tmp_path / "out")
+    assert len(rows) == 30 and all(r["image_id"] == exp.extra["frontal"][r["source_id"]] for r in rows)
+    assert {r["labels"]["projection"] for r in rows} == {"PA", "frontal by elimination"}
+
+
+def test_bad_layouts_are_clear_errors(tmp_path):
+    with pytest.raises(DatasetFormatError, match="does not exist"):
+        _prepare(tmp_path / "nowhere", tmp_path / "out")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetFormatError, match=r"indiana_reports\.csv"):
+        _prepare(tmp_path / "empty", tmp_path / "out")
+    write_iu(tmp_path / "k", "kaggle", n=4, quirks=False)
+    text = (tmp_path / "k" / "indiana_reports.csv").read_text().replace("findings", "finding")
+    (tmp_path / "k" / "indiana_reports.csv").write_text(text)
+    with pytest.raises(DatasetFormatError, match=r"indiana_reports.csv: missing column\(s\) findings"):
+        _prepare(tmp_path / "k", tmp_path / "out")
+    (tmp_path / "k" / "indiana_projections.csv").unlink()
+    with pytest.raises(DatasetFormatError, match=r"indiana_projections\.csv is not"):
+        _prepare(tmp_path / "k", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_takes_raw_and_view_table_from_params_and_the_384_split(tmp_path, capsys):
+    from selora.cli import main
+
+    exp = write_iu(tmp_path / "raw", "nlm", quirks=False)
+    code = main(["prepare", "--dataset", "iu-xray", "--size", "384", "--out", str(tmp_path / "out"),
+                 "--quiet", "--set", f"datasets.iu-xray.raw={tmp_path / 'raw'}",
+                 "--set", f"datasets.iu-xray.views={exp.extra['views']}"])
+    assert code == 0, capsys.readouterr().err
+    rows = read_manifest(tmp_path / "out")
+    assert [sum(r["split"] == s for r in rows) for s in ("train", "validation", "test")] == [21, 3, 6]
+    assert all(r["image_id"] == exp.extra["frontal"][r["source_id"]] for r in rows)
