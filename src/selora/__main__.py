@@ -2,4 +2,5 @@ import sys
 
 from selora.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # worker processes (spawn/forkserver) must not re-run the CLI
+    sys.exit(main())
