@@ -5,8 +5,9 @@ from pathlib import Path
 from selora.config import params_from_dict
 from selora.runlayout import grid
 
-# The same params files Snakemake merged into `config`, in the same order, for every `selora` call.
-PARAMS_FILES = [str(p) for p in (workflow.configfiles or ["params.yaml"])]
+# The same params files Snakemake merged into `config`, in its precedence order (the Snakefile's
+# `configfile:` first, then every --configfile), for every `selora` call (later files win there too).
+PARAMS_FILES = ["params.yaml", *(str(p) for p in workflow.overwrite_configfiles)]
 PARAMS_ARGS = " ".join(f"--params {shlex.quote(p)}" for p in PARAMS_FILES)
 
 # Cross-field checks (unknown setups, missing raw folders, ablation points) before any job starts.
