@@ -126,6 +126,11 @@ def write_fake_run(folder: Path, run: RunId, real_images: list[Path]) -> None:
                     "label": "reference CNN trained on the real images (not Inception)",
                     "dims": {"fid": 128, "fid_mid": 32, "fid_low": 16},
                 },
+                "n_generated": 160,
+                "prompts_covered": 160,
+                "test_prompts": 160,
+                "kid_subsets": 50,
+                "kid_subset_size": 50,
                 "fid": fid,
                 "fid_mid": fid / 2,
                 "fid_low": fid / 4,
@@ -222,6 +227,7 @@ def test_quality_table_states_its_configuration_and_aggregates_seeds(built):
         "not Inception",
         "accuracy 0.990",
         "'fake-clip'",
+        "160 generated images covering 160 of 160 test prompts; KID over 50 subsets of 50",
         "All configured runs",
     ):
         assert text.lower() in md.lower(), text
@@ -284,6 +290,7 @@ def test_memory_time_and_parameter_tables(built):
     par = _read(res, "parameters.md")
     assert _row(par, "SeLoRA")[1:3] == ["0.121 ± 0.000", "0.121 ± 0.000"]
     assert _row(par, "LoRA")[4] == "0.803 ± 0.000" and _row(par, "LoRA")[3] == "4.00 ± 0.00"
+    assert _row(par, "LoRA")[-2:] == ["2 ± 0", "16 ± 0"]  # trainable parameter counts from parameters.csv
 
 
 def _rows(md: str) -> list[list[str]]:

@@ -20,6 +20,10 @@ from selora.runlayout import RunId, grid, run_dir
 
 ID_COLUMNS = ["setup", "method", "variant", "seed"]
 METRIC_KEYS = (
+    "prompts_covered",
+    "test_prompts",
+    "kid_subsets",
+    "kid_subset_size",
     "fid",
     "fid_mid",
     "fid_low",

@@ -45,6 +45,10 @@ def _f(digits: int) -> Callable[[float], str]:
     return lambda x: f"{x:.{digits}f}"
 
 
+def _count(x: float) -> str:
+    return f"{x:,.0f}"
+
+
 def hms(seconds: float) -> str:
     s = round(seconds)
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
@@ -109,10 +113,48 @@ def config_block(
     clip = space.get("clip_model") or params.evaluate.clip_model
     present = int(runs["has_metrics"].sum()) if "has_metrics" in runs else 0
     return [
+        *_setup_lines(params, setup, s, splits, base, seeds, present, len(runs), steps_txt, fs, clip),
+        *_sample_lines(runs),
+    ]
+
+
+def _sample_lines(runs: pd.DataFrame) -> list[str]:
+    """How many images each run was scored on, which test prompts they cover, KID's subsets."""
+    if "n_generated" not in runs or runs["n_generated"].isna().all():
+        return []
+    ev = runs.dropna(subset=["n_generated"])
+    gen = sorted({int(x) for x in ev["n_generated"]})
+    cov = sorted({(int(a), int(b)) for a, b in zip(ev["prompts_covered"], ev["test_prompts"], strict=True)})
+    kid = sorted({(int(a), int(b)) for a, b in zip(ev["kid_subsets"], ev["kid_subset_size"], strict=True)})
+    partial = any(a < b for a, b in cov)
+    return [
+        f"- **Samples** per run: {', '.join(map(str, gen))} generated images covering "
+        + ", ".join(f"{a} of {b}" for a, b in cov)
+        + " test prompts"
+        + (" ⚠ not every test prompt was sampled" if partial else "")
+        + "; KID over "
+        + ", ".join(f"{a} subsets of {b}" for a, b in kid)
+    ]
+
+
+def _setup_lines(
+    params: Params,
+    setup: str,
+    s: Any,
+    splits: str,
+    base: str,
+    seeds: Sequence[int],
+    present: int,
+    total: int,
+    steps_txt: str,
+    fs: str,
+    clip: str | None,
+) -> list[str]:
+    return [
         f"- **Setup** `{setup}`: data set `{s.dataset}`, {s.size}×{s.size} px, splits (train/val/test) "
         f"{splits}, batch {s.batch_size}, {s.epochs} epochs, max_steps {s.max_steps or 'none (all epochs)'}",
         f"- **Base model**: {base}",
-        f"- **Seeds** configured: {', '.join(map(str, seeds))}; evaluated runs: {present}/{len(runs)}",
+        f"- **Seeds** configured: {', '.join(map(str, seeds))}; evaluated runs: {present}/{total}",
         f"- **Training steps per run** (from the logs): {steps_txt}",
         f"- **Feature space** of FID/KID: {fs}",
         "- **CLIP score**: " + (f"model {clip!r}" if clip else "not computed (evaluate.clip_model is null)"),
@@ -382,6 +424,10 @@ def parameters_table(params: Params, col: Collected) -> str:
                 Column(f"effective_pct_{p}", f"effective % {PART_LABEL[p]}", None, _f(3)),
                 Column(f"mean_rank_{p}", f"mean final rank, {PART_LABEL[p]}", None, _f(2)),
             ]
+        cols += [
+            Column(f"trainable_{p}", f"trainable parameters, {PART_LABEL[p]}", None, _count)
+            for p in ("text_encoder", "unet")
+        ]
         df = table(
             sub, [(method_label(m), {"method": m}) for m in exp.methods], cols, len(exp.seeds), "Method"
         )
