@@ -18,16 +18,11 @@ SETUP = "synthetic-cxr-32"
 MIN_REAL_ACCURACY = 0.9  # what the reference network must reach on real test images in these tests
 
 
+SETTINGS = ("evaluate.reference_steps=400", "evaluate.kid_subsets=10")
+
+
 def _params(tmp: Path, *extra: str):
-    return load_params(
-        None,
-        [
-            f"paths.results={tmp / 'results'}",
-            "evaluate.reference_steps=400",
-            "evaluate.kid_subsets=10",
-            *extra,
-        ],
-    )
+    return load_params(None, [f"paths.results={tmp / 'results'}", *SETTINGS, *extra])
 
 
 @pytest.fixture(scope="module")
@@ -173,6 +168,7 @@ def _cli(args: list[str], capsys) -> tuple[int, str]:
 def _eval_args(fitted, run: Path, cxr: Path) -> list[str]:
     return [
         "evaluate",
+        *(a for kv in SETTINGS for a in ("--set", kv)),
         "--set",
         f"paths.results={fitted['tmp'] / 'results'}",
         "--run-dir",
@@ -280,12 +276,13 @@ def test_absent_reference_and_absent_inception_weights_say_what_to_do(
     assert not (tmp_path / "results" / "reference" / SETUP).exists()
 
 
-def test_inception_feature_space_end_to_end(tmp_path, capsys):
+def test_inception_feature_space_end_to_end(tmp_path):
     """The paper-scale path with randomly initialised weights in the real file's layout: the
     reference network that misses its gate only costs the finding accuracy (recorded why), and a
     weights file other than the fitted one is refused."""
     from test_metrics import _random_inception_weights
 
+    from selora.errors import ConfigError
     from selora.metrics.evaluate import evaluate_run, fit_setup
     from selora.synthetic import make_cxr
 
@@ -312,23 +309,21 @@ def test_inception_feature_space_end_to_end(tmp_path, capsys):
     assert abs(m["fid"]) < 1e-6 and abs(m["fid_low"]) < 1e-6
     assert m["finding_accuracy"] is None and "failed its gate" in m["finding_accuracy_skipped"]
 
-    other = _random_inception_weights(tmp_path / "other.pth")
-    with torch.no_grad():
-        state = torch.load(other, weights_only=True)
-        state["fc.bias"] += 1
-        torch.save(state, other)
-    code, err = _cli(
-        [
-            "evaluate",
-            "--set",
-            f"paths.results={tmp_path / 'results'}",
-            "--set",
-            f"evaluate.inception_weights={other}",
-            "--run-dir",
-            str(run),
-            "--data",
-            str(data),
-        ],
-        capsys,
+    # The fitted weights file changed since: refused by its hash.
+    state = torch.load(weights, weights_only=True)
+    state["fc.bias"] += 1
+    torch.save(state, weights)
+    with pytest.raises(ConfigError, match="Inception weights differ"):
+        evaluate_run(params, run, data=data)
+    # Params other than those the reference was fitted with: refused, naming them.
+    fitted = (
+        f"evaluate.inception_weights={weights}",
+        "evaluate.reference_steps=1",
+        "evaluate.min_finding_accuracy=0.95",
     )
-    assert code == 2 and "Inception weights differ" in err
+    for override, key in (
+        (f"evaluate.inception_weights={tmp_path / 'x.pth'}", "inception_weights"),
+        ("evaluate.min_finding_accuracy=0.5", "min_finding_accuracy"),
+    ):
+        with pytest.raises(ConfigError, match=f"fitted with other params \\({key}\\)"):
+            evaluate_run(_params(tmp_path, *fitted, override), run, data=data)

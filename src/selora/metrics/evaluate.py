@@ -94,6 +94,17 @@ def _inception(params: Params, device: str) -> tuple[Any, dict[str, Any]]:
     return net, desc
 
 
+def _fit_params(params: Params) -> dict[str, Any]:
+    """The params a reference depends on; a reference fitted with others is stale."""
+    ev = params.evaluate
+    return {
+        "seed": params.seed,
+        "reference_steps": ev.reference_steps,
+        "min_finding_accuracy": ev.min_finding_accuracy,
+        "inception_weights": ev.inception_weights,
+    }
+
+
 def _splits(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     out: dict[str, list[dict[str, Any]]] = {"train": [], "validation": [], "test": []}
     for r in rows:
@@ -132,6 +143,7 @@ def fit_setup(
         "data": str(data),
         "split_hash": split_hash(rows),
         "feature_space": space,
+        "fitted_with": _fit_params(params),
     }
     with atomic_dir(out) as tmp:
         model = None
@@ -238,6 +250,9 @@ def evaluate_run(
         raise ConfigError(
             f"{ref_dir} holds {ref['feature_space']} features but params ask for {space}: {refit}"
         )
+    stale = {k: v for k, v in _fit_params(params).items() if ref.get("fitted_with", {}).get(k) != v}
+    if stale:
+        raise ConfigError(f"{ref_dir} was fitted with other params ({', '.join(sorted(stale))}): {refit}")
     data = Path(data) if data else prepared_dir(params, run.setup)
     rows = read_manifest(data)
     if split_hash(rows) != ref["split_hash"]:
@@ -246,10 +261,11 @@ def evaluate_run(
     matched = match_test_rows(samples, test_rows, str(run_dir / "samples" / "manifest.jsonl"))
     paths = [s.path for s in samples]
 
-    model = None
+    model = pred = None
     net_info = ref.get("reference_network")
     if net_info is not None:
         model = ReferenceModel.from_folder(ref_dir, net_info["architecture"])
+        ref_taps, pred = model.run(model.load(paths))  # reference features, predicted findings [N, K]
     if space == "inception":
         net, desc = _inception(params, device)
         if desc["weights_sha256"] != ref["real_features"].get("weights_sha256"):
@@ -257,7 +273,7 @@ def evaluate_run(
         fake = _extract(net, load_images(paths, mode="RGB"), device)
     else:
         assert model is not None
-        fake = model.run(model.load(paths))[0]
+        fake = ref_taps
     real = load_file(ref_dir / REAL_FEATURES)
     ev = params.evaluate
     metrics: dict[str, Any] = {
@@ -292,8 +308,7 @@ def evaluate_run(
         )
 
     metrics["finding_accuracy"] = None
-    if model is not None and net_info["gate"]["passed"]:
-        pred = model.run(model.load(paths))[1]
+    if model is not None and pred is not None and net_info["gate"]["passed"]:
         scores = finding_scores(pred, encode_labels(matched, model.schema), model.schema)
         metrics["finding_accuracy"] = scores["accuracy"]
         metrics["finding_balanced_accuracy"] = scores["balanced_accuracy"]
