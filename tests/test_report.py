@@ -237,6 +237,7 @@ def test_quality_table_states_its_configuration_and_aggregates_seeds(built):
     assert lora[1] == "11.000 ± 1.000" and lora[3] == "2.750 ± 0.250"  # FID, FID-ref 16 = FID / 4
     assert selora[1] == "**9.000 ± 1.000**"  # lowest FID in bold
     assert lora[2] == "25.10 ± 0.10" and selora[2] == "**28.10 ± 0.10**"
+    assert lora[5] == "0.011 ± 0.001"  # KID, as computed (no scaling)
     assert _row(md, "DyLoRA")[-2] == "70.0 ± 0.0"  # finding accuracy in %
     summary = pd.read_csv(res / "tables" / "summary.csv")
     assert len(summary) == 16 and set(summary.status) == {"complete"}

@@ -108,7 +108,7 @@ def comparison(params: Params, col: Collected) -> pd.DataFrame:
             vals = sel[metric.key].tolist() if metric.key in sel else []
             mean, std, n = mean_std(vals)
             mean, std = mean * metric.to_paper_unit, std * metric.to_paper_unit
-            space = feature_space_of(col, setup).get("name")
+            space = feature_space_of(col, setup, params).get("name")
             if not exact:
                 reason = f"no — stand-in data ({setup})"
             elif metric.fid and space != "inception":

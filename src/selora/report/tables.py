@@ -60,8 +60,28 @@ def method_label(method: str, variant: str = DEFAULT_VARIANT) -> str:
 
 
 # ----------------------------------------------------------------------------- configuration
-def feature_space_of(col: Collected, setup: str) -> dict[str, Any]:
-    """The feature space (name, label, dims) and reference accuracy the setup's runs were scored in."""
+def planned_space(params: Params) -> dict[str, Any]:
+    """The feature space params ask for, for tables over runs not evaluated yet."""
+    from selora.metrics.evaluate import feature_space
+    from selora.metrics.inception import TAPS
+    from selora.metrics.reference import HIDDEN, WIDTHS
+
+    if feature_space(params) == "inception":
+        return {
+            "name": "inception",
+            "label": "Inception-v3 (no run evaluated yet)",
+            "dims": {k: int(v) for k, v in TAPS.items()},
+        }
+    return {
+        "name": "reference",
+        "label": "reference CNN (no run evaluated yet)",
+        "dims": {"fid": HIDDEN, "fid_mid": WIDTHS[1], "fid_low": WIDTHS[0]},
+    }
+
+
+def feature_space_of(col: Collected, setup: str, params: Params | None = None) -> dict[str, Any]:
+    """The feature space (name, label, dims) and reference accuracy the setup's runs were scored in
+    (what params ask for when none is evaluated yet)."""
     spaces = {}
     for run, m in col.metrics.items():
         if run.setup == setup:
@@ -80,7 +100,9 @@ def feature_space_of(col: Collected, setup: str) -> dict[str, Any]:
             "label": f"MIXED feature spaces {sorted(map(str, spaces))}: rerun evaluate",
             "dims": {},
         }
-    return next(iter(spaces.values()), {"name": None, "label": "no run evaluated yet", "dims": {}})
+    if spaces:
+        return next(iter(spaces.values()))
+    return planned_space(params) if params else {"name": None, "label": "no run evaluated yet", "dims": {}}
 
 
 def fid_labels(space: dict[str, Any]) -> dict[str, str]:
@@ -91,18 +113,24 @@ def fid_labels(space: dict[str, Any]) -> dict[str, str]:
 
 
 def config_block(
-    params: Params, col: Collected, setup: str, seeds: Sequence[int], runs: pd.DataFrame
+    params: Params,
+    col: Collected,
+    setup: str,
+    seeds: Sequence[int],
+    runs: pd.DataFrame,
+    need: str = "has_metrics",
 ) -> list[str]:
+    """What a table came from: setup, base model, seeds (and how many runs are there), steps,
+    feature space, CLIP model, samples."""
     s = params.setup(setup)
     splits = "/".join(f"{v:g}" for v in s.splits.as_dict().values())
     steps = sorted({int(x) for x in runs.get("steps", pd.Series(dtype=float)).dropna()})
-    steps_txt = ", ".join(map(str, steps)) if steps else "no training logs yet"
     base = f"`{params.base_model.name}`" + (
         f" @ `{params.base_model.revision}`" if params.base_model.revision else ""
     )
     if params.base_model.name == "tiny":
         base += " (the embedded miniature Stable Diffusion, pre-trained by `selora pretrain-base`)"
-    space = feature_space_of(col, setup)
+    space = feature_space_of(col, setup, params)
     fs = space.get("label", "?")
     if space.get("name") == "reference" and space.get("reference_real_test"):
         rt = space["reference_real_test"]
@@ -111,10 +139,19 @@ def config_block(
             f"(balanced {rt['balanced_accuracy']:.3f}, majority baseline {rt['majority_baseline']:.3f})"
         )
     clip = space.get("clip_model") or params.evaluate.clip_model
-    present = int(runs["has_metrics"].sum()) if "has_metrics" in runs else 0
+    present = int(runs[need].sum()) if need in runs else 0
+    what = "evaluated" if need == "has_metrics" else "trained"
     return [
-        *_setup_lines(params, setup, s, splits, base, seeds, present, len(runs), steps_txt, fs, clip),
+        f"- **Setup** `{setup}`: data set `{s.dataset}`, {s.size}×{s.size} px, splits (train/val/test) "
+        f"{splits}, batch {s.batch_size}, {s.epochs} epochs, max_steps {s.max_steps or 'none (all epochs)'}",
+        f"- **Base model**: {base}",
+        f"- **Seeds** configured: {', '.join(map(str, seeds))}; {what} runs: {present}/{len(runs)}",
+        "- **Training steps per run** (from the logs): "
+        + (", ".join(map(str, steps)) if steps else "no training logs yet"),
+        f"- **Feature space** of FID/KID: {fs}",
+        "- **CLIP score**: " + (f"model {clip!r}" if clip else "not computed (evaluate.clip_model is null)"),
         *_sample_lines(runs),
+        "- Cells: mean ± sample std (ddof 1) over seeds; `⚠ n=k/N` = only k of N configured seeds present.",
     ]
 
 
@@ -134,31 +171,6 @@ def _sample_lines(runs: pd.DataFrame) -> list[str]:
         + (" ⚠ not every test prompt was sampled" if partial else "")
         + "; KID over "
         + ", ".join(f"{a} subsets of {b}" for a, b in kid)
-    ]
-
-
-def _setup_lines(
-    params: Params,
-    setup: str,
-    s: Any,
-    splits: str,
-    base: str,
-    seeds: Sequence[int],
-    present: int,
-    total: int,
-    steps_txt: str,
-    fs: str,
-    clip: str | None,
-) -> list[str]:
-    return [
-        f"- **Setup** `{setup}`: data set `{s.dataset}`, {s.size}×{s.size} px, splits (train/val/test) "
-        f"{splits}, batch {s.batch_size}, {s.epochs} epochs, max_steps {s.max_steps or 'none (all epochs)'}",
-        f"- **Base model**: {base}",
-        f"- **Seeds** configured: {', '.join(map(str, seeds))}; evaluated runs: {present}/{total}",
-        f"- **Training steps per run** (from the logs): {steps_txt}",
-        f"- **Feature space** of FID/KID: {fs}",
-        "- **CLIP score**: " + (f"model {clip!r}" if clip else "not computed (evaluate.clip_model is null)"),
-        "- Cells: mean ± sample std (ddof 1) over seeds; `⚠ n=k/N` = only k of N configured seeds present.",
     ]
 
 
@@ -211,7 +223,7 @@ def quality_columns(space: dict[str, Any], with_clip: bool, with_findings: bool)
     cols += [
         Column("fid_low", lab["fid_low"] + " ↓", "lower", _f(3)),
         Column("fid_mid", lab["fid_mid"] + " ↓", "lower", _f(3)),
-        Column("kid_mean", "KID ×10³ ↓", "lower", _f(2), 1000.0),
+        Column("kid_mean", "KID ↓", "lower", lambda x: f"{x:.4g}"),
     ]
     if with_findings:
         cols += [
@@ -223,6 +235,15 @@ def quality_columns(space: dict[str, Any], with_clip: bool, with_findings: bool)
 
 def _has(runs: pd.DataFrame, key: str) -> bool:
     return key in runs and runs[key].notna().any()
+
+
+def _optional(params: Params, setup: str, runs: pd.DataFrame) -> tuple[bool, bool]:
+    """Show CLIP score / finding accuracy columns: when any run has them, or, before any run is
+    evaluated, when params say they will be computed."""
+    evaluated = "has_metrics" in runs and runs["has_metrics"].any()
+    clip = _has(runs, "clip_score") or (not evaluated and bool(params.evaluate.clip_model))
+    labels = params.setup(setup).dataset == "synthetic-cxr"
+    return clip, _has(runs, "finding_accuracy") or (not evaluated and labels)
 
 
 def quality_table(params: Params, col: Collected, setup: str) -> str:
@@ -244,8 +265,8 @@ def quality_table(params: Params, col: Collected, setup: str) -> str:
         if stand
         else "no paper counterpart"
     )
-    space = feature_space_of(col, setup)
-    cols = quality_columns(space, _has(runs, "clip_score"), _has(runs, "finding_accuracy"))
+    space = feature_space_of(col, setup, params)
+    cols = quality_columns(space, *_optional(params, setup, runs))
     rows = [(method_label(m), {"method": m}) for m in exp.methods]
     df = table(runs, rows, cols, len(exp.seeds), "Method")
     return "\n".join(
@@ -292,8 +313,8 @@ def ablation_table(params: Params, col: Collected, key: str) -> str:
             & col.runs.variant.isin([v for _, v in variants])
             & col.runs.seed.isin(abl.seeds)
         ]
-        space = feature_space_of(col, setup)
-        cols = quality_columns(space, _has(runs, "clip_score"), _has(runs, "finding_accuracy"))
+        space = feature_space_of(col, setup, params)
+        cols = quality_columns(space, *_optional(params, setup, runs))
         cols += [
             Column(f"mean_rank_{p}", f"mean final rank, {PART_LABEL.get(p, p)}", None, _f(2))
             for p in ("text_encoder", "unet")
@@ -370,7 +391,7 @@ def efficiency_table(params: Params, col: Collected, kind: str) -> str:
             for setup in exp.setups
             for ln in (
                 f"### `{setup}`",
-                *config_block(params, col, setup, exp.seeds, runs[runs.setup == setup]),
+                *config_block(params, col, setup, exp.seeds, runs[runs.setup == setup], "has_train"),
                 "",
             )
         ],
@@ -434,7 +455,7 @@ def parameters_table(params: Params, col: Collected) -> str:
         lines += [
             f"## `{setup}`",
             "",
-            *config_block(params, col, setup, exp.seeds, sub),
+            *config_block(params, col, setup, exp.seeds, sub, "has_train"),
             "",
             df.to_markdown(index=False),
             "",
