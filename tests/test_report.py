@@ -400,3 +400,9 @@ def test_unreadable_log_is_a_clear_error(results, capsys):
     code = main(["report", "--set", f"paths.results={res}"])
     err = capsys.readouterr().err
     assert code == 2 and str(path) in err and "device, peak_mb" in err
+    ranks = path.with_name("ranks.csv")
+    ranks.write_text(ranks.read_text().replace(",4,", ",four,", 1))
+    path.write_text("step,device,peak_mb\n0,cpu,100\n")
+    code = main(["report", "--set", f"paths.results={res}"])
+    err = capsys.readouterr().err
+    assert code == 2 and str(ranks) in err and "column rank is not numeric" in err

@@ -6,9 +6,18 @@ Reference folder (``<results>/reference/<setup>/``, written atomically by :func:
     real_features.safetensors    real test-split features per tap ("fid", "fid_mid", "fid_low")
     reference.safetensors        the reference network (when the setup has categorical labels)
 
-A run's ``metrics.json`` (:func:`evaluate_run`) holds FID at three taps, KID, CLIP score (when
-``evaluate.clip_model`` is set) and finding accuracy (when the reference network passed its gate),
-with the feature space named so nobody mistakes a reference-network FID for an Inception FID.
+A run's ``metrics.json`` (:func:`evaluate_run`), with the feature space named so nobody mistakes a
+reference-network FID for an Inception FID::
+
+    run                       {setup, method, variant, seed}
+    feature_space             {name: inception | reference, label, dims: {fid, fid_mid, fid_low}, ...}
+    fid, fid_mid, fid_low     Fréchet distance at the final / middle / low tap (Inception: the paper's
+                              "FID", "FID 192", "FID 64")
+    kid_mean, kid_std, kid_subsets, kid_subset_size     KID on the final tap
+    clip_score, clip_score_real, clip_model             null when evaluate.clip_model is null
+    finding_accuracy, finding_balanced_accuracy, finding_exact_match, findings (per finding)
+                              null (+ finding_accuracy_skipped: why) without a passing reference network
+    n_generated, n_real, prompts_covered, test_prompts, reference, provenance
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ that do not belong to the test split), so nothing is ever scored on a silently s
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,7 +70,7 @@ def read_samples(run_dir: str | Path) -> list[Sample]:
             raise SampleError(f"{manifest}:{lineno}: missing field(s) {', '.join(missing)}")
         rows.append(row)
     names = [r["file_name"] for r in rows]
-    dupes = sorted({n for n in names if names.count(n) > 1})
+    dupes = sorted(n for n, c in Counter(names).items() if c > 1)
     if dupes:
         raise SampleError(f"{manifest}: file_name listed more than once: {_names(dupes)}")
     images = samples / "images"
@@ -91,17 +92,18 @@ def read_samples(run_dir: str | Path) -> list[Sample]:
         )
     if len(rows) < 2:
         raise SampleError(f"{manifest}: {len(rows)} sample(s); FID/KID need at least 2 generated images")
-    return [
-        Sample(
-            images / r["file_name"],
-            str(r["prompt"]),
-            str(r["source_id"]),
-            str(r["real_image"]),
-            int(r["seed"]),
-            int(r["k"]),
+    out = []
+    for r in rows:
+        try:
+            seed, k = int(r["seed"]), int(r["k"])
+        except (TypeError, ValueError) as exc:
+            raise SampleError(f"{manifest}: {r['file_name']}: seed and k must be integers") from exc
+        out.append(
+            Sample(
+                images / r["file_name"], str(r["prompt"]), str(r["source_id"]), str(r["real_image"]), seed, k
+            )
         )
-        for r in rows
-    ]
+    return out
 
 
 def match_test_rows(

@@ -51,6 +51,7 @@ LOGS = {
         "adapted_layers",
     ),
 }
+TEXT_COLUMNS = {"device", "part", "module", "is_best"}
 
 
 @dataclass
@@ -75,6 +76,13 @@ def _read_csv(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
     absent = [c for c in columns if c not in df.columns]
     if absent:
         raise DatasetFormatError(f"{path}: missing column(s) {', '.join(absent)} (see selora.runlayout)")
+    for col in columns:
+        if col in TEXT_COLUMNS or col == "fi_ratio":  # fi_ratio is empty for methods without FI tests
+            continue
+        try:
+            df[col] = pd.to_numeric(df[col])
+        except (ValueError, TypeError) as exc:
+            raise DatasetFormatError(f"{path}: column {col} is not numeric ({exc})") from exc
     return df
 
 
