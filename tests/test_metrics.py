@@ -214,3 +214,19 @@ def test_unloadable_clip_model_names_the_fix(tmp_path):
 
     with pytest.raises(MissingWeightsError, match=r"evaluate\.clip_model: null"):
         load_clip(str(tmp_path / "no-clip-here"))
+
+
+def test_finding_scores_on_hand_made_predictions():
+    """Balanced accuracy = mean per-class recall, so always answering the majority class scores
+    its chance level, not the majority share; unknown label values (-1) are left out."""
+    from selora.metrics.reference import finding_scores
+
+    schema = {"heart": ("normal", "enlarged"), "device": ("none", "pacemaker", "other")}
+    target = torch.tensor([[0, 0], [0, 0], [0, 1], [1, -1]])
+    always_normal = torch.zeros_like(target)
+    s = finding_scores(always_normal, target, schema)
+    assert s["per_finding"] == {"heart": 0.75, "device": pytest.approx(2 / 3)}
+    assert s["balanced_accuracy"] == pytest.approx(0.5)  # (1 + 0) / 2 for both findings
+    assert s["majority_baseline"] == pytest.approx((0.75 + 2 / 3) / 2) and s["unscored_labels"] == 1
+    perfect = finding_scores(target.clamp(min=0), target, schema)
+    assert perfect["accuracy"] == perfect["balanced_accuracy"] == 1.0 and perfect["exact_match"] == 0.75

@@ -174,15 +174,19 @@ def finding_scores(pred: torch.Tensor, target: torch.Tensor, schema: LabelSchema
     baseline of ``target`` for scale."""
     per_key, balanced, majority = {}, [], []
     for j, key in enumerate(schema):
-        p, t = pred[:, j], target[:, j]
+        known = target[:, j] >= 0  # -1: a value the network was not trained on; not scored
+        p, t = pred[known, j], target[known, j]
+        if not len(t):
+            continue
         per_key[key] = float((p == t).float().mean())
         recalls = [float((p[t == c] == c).float().mean()) for c in torch.unique(t).tolist()]
         balanced.append(float(np.mean(recalls)))
-        majority.append(float(torch.bincount(t.clamp(min=0)).max()) / len(t))
+        majority.append(float(torch.bincount(t).max()) / len(t))
     return {
         "accuracy": float(np.mean(list(per_key.values()))),
         "balanced_accuracy": float(np.mean(balanced)),
         "exact_match": float((pred == target).all(dim=1).float().mean()),
+        "unscored_labels": int((target < 0).sum()),
         "per_finding": per_key,
         "majority_baseline": float(np.mean(majority)),
         "n": len(target),
