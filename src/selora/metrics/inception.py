@@ -63,20 +63,22 @@ def resolve_weights(configured: str | None) -> Path:
 class InceptionTaps(nn.Module):
     """uint8 [N, 3, H, W] → {"fid": [N, 2048], "fid_mid": [N, 192], "fid_low": [N, 64]} (float64)."""
 
-    def __init__(self, weights: str | Path) -> None:
+    def __init__(self, weights: str | Path, roles: tuple[str, ...] = tuple(TAPS)) -> None:
         super().__init__()
         from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
         # The file was checked with weights_only=True in resolve_weights before torch-fidelity loads it.
+        # The forward stops after the deepest requested tap.
+        self.roles = roles
         self.net = FeatureExtractorInceptionV3(
             "inception-v3-compat",
-            list(TAPS.values()),
+            [TAPS[r] for r in roles],
             feature_extractor_weights_path=str(weights),
             feature_extractor_internal_dtype="float64",
         )
-        self.dims = {role: int(name) for role, name in TAPS.items()}
+        self.dims = {role: int(TAPS[role]) for role in roles}
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        out = self.net(images)  # tuple in TAPS order, each [N, d]
-        return {role: t.reshape(images.shape[0], -1).double() for role, t in zip(TAPS, out, strict=True)}
+        out = self.net(images)  # tuple in self.roles order, each [N, d]
+        return {r: t.reshape(images.shape[0], -1).double() for r, t in zip(self.roles, out, strict=True)}
