@@ -22,6 +22,10 @@ No timestamped folders. Each training run is identified by (setup, method, varia
             summary.json
         metrics.json                FID 64/192/2048 (+ feature space), KID, CLIP score, finding accuracy
 
+Per setup, ``selora evaluate --fit-reference`` writes the evaluation reference every run of that
+setup is scored against: ``<results>/reference/<setup>/`` (reference.json, real test features,
+reference network); ``selora report`` writes ``<results>/tables/`` and ``<results>/figures/``.
+
 A *variant* names a SeLoRA ablation point: ``default`` (params as given), ``threshold-1.3`` (λ) or
 ``test_interval-80`` (t). Prepared data live at ``<data>/prepared/<setup>/``.
 """

@@ -1,0 +1,340 @@
+"""``selora evaluate``: fit a setup's evaluation reference once, then score each run against it.
+
+Reference folder (``<results>/reference/<setup>/``, written atomically by :func:`fit_setup`)::
+
+    reference.json               feature space, real-feature provenance, reference network report
+    real_features.safetensors    real test-split features per tap ("fid", "fid_mid", "fid_low")
+    reference.safetensors        the reference network (when the setup has categorical labels)
+
+A run's ``metrics.json`` (:func:`evaluate_run`), with the feature space named so nobody mistakes a
+reference-network FID for an Inception FID::
+
+    run                       {setup, method, variant, seed}
+    feature_space             {name: inception | reference, label, dims: {fid, fid_mid, fid_low}, ...}
+    fid, fid_mid, fid_low     Fréchet distance at the final / middle / low tap (Inception: the paper's
+                              "FID", "FID 192", "FID 64")
+    kid_mean, kid_std, kid_subsets, kid_subset_size     KID on the final tap
+    clip_score, clip_score_real, clip_model             null when evaluate.clip_model is null
+    finding_accuracy, finding_balanced_accuracy, finding_exact_match, findings (per finding)
+                              null (+ finding_accuracy_skipped: why) without a passing reference network
+    n_generated, n_real, prompts_covered, test_prompts, reference, provenance
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from selora.config import Params
+from selora.errors import ConfigError, DatasetFormatError, MissingWeightsError, SeloraError
+from selora.imagefolder import read_manifest, split_hash
+from selora.io import Provenance, atomic_dir, write_json
+from selora.metrics import frechet
+from selora.metrics.reference import (
+    ReferenceModel,
+    encode_labels,
+    finding_scores,
+    fit_reference,
+    label_schema,
+)
+from selora.metrics.samples import SampleError, load_images, match_test_rows, read_samples
+from selora.runlayout import RunId, prepared_dir
+
+REFERENCE_JSON = "reference.json"
+REAL_FEATURES = "real_features.safetensors"
+METRICS_JSON = "metrics.json"
+TAP_ROLES = ("fid", "fid_mid", "fid_low")
+
+
+class ReferenceGateError(SeloraError):
+    """The reference network is not accurate enough on real images to judge generated ones."""
+
+
+def feature_space(params: Params) -> str:
+    """``inception`` or ``reference`` (auto = Inception exactly when weights are configured)."""
+    space = params.evaluate.feature_space
+    if space == "auto":
+        return "inception" if params.evaluate.inception_weights else "reference"
+    return space
+
+
+def reference_dir(params: Params, setup: str) -> Path:
+    return Path(params.paths.results) / "reference" / setup
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _extract(
+    fn: Callable[[torch.Tensor], dict[str, torch.Tensor]],
+    images: torch.Tensor,
+    device: str,
+    batch_size: int = 32,
+) -> dict[str, torch.Tensor]:
+    out: dict[str, list[torch.Tensor]] = {}
+    for i in range(0, len(images), batch_size):
+        for k, v in fn(images[i : i + batch_size].to(device)).items():
+            out.setdefault(k, []).append(v.double().cpu())
+    return {k: torch.cat(v) for k, v in out.items()}
+
+
+def _inception(params: Params, device: str) -> tuple[Any, dict[str, Any]]:
+    from selora.metrics.inception import InceptionTaps, resolve_weights
+
+    weights = resolve_weights(params.evaluate.inception_weights)
+    net = InceptionTaps(weights).to(device)
+    desc = {
+        "name": "inception",
+        "label": "Inception-v3 (FID weights, TF resize, float64)",
+        "dims": net.dims,
+        "weights": str(weights),
+        "weights_sha256": _sha256(weights),
+    }
+    return net, desc
+
+
+def _fit_params(params: Params) -> dict[str, Any]:
+    """The params a reference depends on; a reference fitted with others is stale."""
+    ev = params.evaluate
+    return {
+        "seed": params.seed,
+        "reference_steps": ev.reference_steps,
+        "min_finding_accuracy": ev.min_finding_accuracy,
+        "inception_weights": ev.inception_weights,
+    }
+
+
+def _splits(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {"train": [], "validation": [], "test": []}
+    for r in rows:
+        out[r["split"]].append(r)
+    return out
+
+
+def fit_setup(
+    params: Params,
+    setup: str,
+    data: str | Path | None = None,
+    out: str | Path | None = None,
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """Train the reference network (if the setup has labels), check its gate, and store the real
+    test features of the configured feature space. Returns the written ``reference.json``."""
+    prov = Provenance("selora evaluate --fit-reference", params.raw)
+    cfg = params.setup(setup)
+    data = Path(data) if data else prepared_dir(params, setup)
+    out = Path(out) if out else reference_dir(params, setup)
+    rows = read_manifest(data)
+    split = _splits(rows)
+    if len(split["test"]) < 2 or not split["train"]:
+        raise DatasetFormatError(
+            f"{data}: need a train split and at least 2 test images, have "
+            f"{len(split['train'])} train / {len(split['test'])} test"
+        )
+    space = feature_space(params)
+    inception = _inception(params, device) if space == "inception" else None  # fail fast on absent weights
+    ev = params.evaluate
+    schema = label_schema(cfg.dataset, split["train"])
+    info: dict[str, Any] = {
+        "setup": setup,
+        "dataset": cfg.dataset,
+        "size": cfg.size,
+        "data": str(data),
+        "split_hash": split_hash(rows),
+        "feature_space": space,
+        "fitted_with": _fit_params(params),
+    }
+    with atomic_dir(out) as tmp:
+        model = None
+        if schema:
+            model, training = fit_reference(
+                cfg.dataset,
+                cfg.size,
+                split["train"],
+                split["validation"],
+                ev.reference_steps,
+                params.seed,
+                schema,
+            )
+            test = split["test"]
+            scores = finding_scores(
+                model.run(model.load([r["path"] for r in test]))[1], encode_labels(test, schema), schema
+            )
+            passed = scores["balanced_accuracy"] >= ev.min_finding_accuracy
+            info["reference_network"] = {
+                "architecture": model.save(tmp),
+                "training": training,
+                "real_test": scores,
+                "gate": {
+                    "metric": "balanced_accuracy",
+                    "min_finding_accuracy": ev.min_finding_accuracy,
+                    "passed": passed,
+                },
+            }
+            if not passed and space == "reference":
+                raise ReferenceGateError(
+                    f"reference network for {setup} reaches balanced finding accuracy "
+                    f"{scores['balanced_accuracy']:.3f} on the {len(test)} real test images, below "
+                    f"evaluate.min_finding_accuracy {ev.min_finding_accuracy}: raise "
+                    "evaluate.reference_steps or check the data; it will not judge generated images"
+                )
+        else:
+            info["reference_network"] = None
+            info["reference_network_skipped"] = f"dataset {cfg.dataset} has no categorical labels"
+            if space == "reference":
+                raise ConfigError(
+                    f"evaluate.feature_space: setup {setup} (dataset {cfg.dataset}) has no categorical "
+                    "labels to train the reference network; set evaluate.inception_weights (Inception "
+                    "FID) instead"
+                )
+        test_paths = [r["path"] for r in split["test"]]
+        if inception is not None:
+            net, desc = inception
+            real = _extract(net, load_images(test_paths, mode="RGB"), device)
+        else:
+            assert model is not None
+            desc = {
+                "name": "reference",
+                "dims": model.dims,
+                "label": f"reference CNN trained on the real {setup} training images (not Inception)",
+            }
+            real = model.run(model.load(test_paths))[0]
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in real.items()}, tmp / REAL_FEATURES)
+        info["real_features"] = {**desc, "split": "test", "n": len(test_paths)}
+        info["provenance"] = prov.as_dict()
+        write_json(tmp / REFERENCE_JSON, info)
+    return info
+
+
+def load_reference(folder: Path, setup: str) -> dict[str, Any]:
+    path = folder / REFERENCE_JSON
+    if not path.is_file():
+        raise MissingWeightsError(
+            f"{path} does not exist: run `selora evaluate --fit-reference --setup {setup}` first"
+        )
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def run_id_of(params: Params, run_dir: Path) -> RunId:
+    """(setup, method, variant, seed) from ``.../<setup>/<method>/<variant>/seed<N>``."""
+    parts = run_dir.resolve().parts
+    if len(parts) < 4 or not parts[-1].startswith("seed") or not parts[-1][4:].lstrip("-").isdigit():
+        raise ConfigError(f"--run-dir {run_dir}: expected .../<setup>/<method>/<variant>/seed<N>")
+    run = RunId(parts[-4], parts[-3], parts[-2], int(parts[-1][4:]))
+    params.setup(run.setup)
+    return run
+
+
+def evaluate_run(
+    params: Params,
+    run_dir: str | Path,
+    reference: str | Path | None = None,
+    data: str | Path | None = None,
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """Score one run's samples; writes and returns ``<run_dir>/metrics.json``."""
+    from safetensors.torch import load_file
+
+    prov = Provenance("selora evaluate", params.raw)
+    run_dir = Path(run_dir)
+    samples = read_samples(run_dir)
+    run = run_id_of(params, run_dir)
+    ref_dir = Path(reference) if reference else reference_dir(params, run.setup)
+    ref = load_reference(ref_dir, run.setup)
+    space = feature_space(params)
+    refit = f"rerun `selora evaluate --fit-reference --setup {run.setup}`"
+    if ref["feature_space"] != space:
+        raise ConfigError(
+            f"{ref_dir} holds {ref['feature_space']} features but params ask for {space}: {refit}"
+        )
+    stale = {k: v for k, v in _fit_params(params).items() if ref.get("fitted_with", {}).get(k) != v}
+    if stale:
+        raise ConfigError(f"{ref_dir} was fitted with other params ({', '.join(sorted(stale))}): {refit}")
+    data = Path(data) if data else prepared_dir(params, run.setup)
+    rows = read_manifest(data)
+    if split_hash(rows) != ref["split_hash"]:
+        raise DatasetFormatError(f"{data} is not the preparation {ref_dir} was fitted on: {refit}")
+    test_rows = [r for r in rows if r["split"] == "test"]
+    matched = match_test_rows(samples, test_rows, str(run_dir / "samples" / "manifest.jsonl"))
+    paths = [s.path for s in samples]
+
+    model = pred = None
+    net_info = ref.get("reference_network")
+    if net_info is not None:
+        model = ReferenceModel.from_folder(ref_dir, net_info["architecture"])
+        ref_taps, pred = model.run(model.load(paths))  # reference features, predicted findings [N, K]
+    if space == "inception":
+        net, desc = _inception(params, device)
+        if desc["weights_sha256"] != ref["real_features"].get("weights_sha256"):
+            raise ConfigError(f"the Inception weights differ from those {ref_dir} was fitted with: {refit}")
+        fake = _extract(net, load_images(paths, mode="RGB"), device)
+    else:
+        assert model is not None
+        fake = ref_taps
+    real = load_file(ref_dir / REAL_FEATURES)
+    ev = params.evaluate
+    metrics: dict[str, Any] = {
+        "run": {"setup": run.setup, "method": run.method, "variant": run.variant, "seed": run.seed},
+        "feature_space": {k: v for k, v in ref["real_features"].items() if k not in ("split", "n")},
+        "n_generated": len(samples),
+        "n_real": ref["real_features"]["n"],
+        "prompts_covered": len({s.source_id for s in samples}),
+        "test_prompts": len(test_rows),
+    }
+    for role in TAP_ROLES:
+        metrics[role] = frechet.fid(real[role], fake[role])
+    metrics.update(
+        frechet.kid(real["fid"], fake["fid"], ev.kid_subsets, ev.kid_subset_size, seed=params.seed)
+    )
+
+    metrics["clip_model"] = ev.clip_model
+    metrics["clip_score"] = metrics["clip_score_real"] = None
+    if ev.clip_model:
+        from selora.metrics.clip import clip_score, load_clip
+
+        clip, processor = load_clip(ev.clip_model)
+        clip = clip.to(device)
+        metrics["clip_score"] = clip_score(
+            load_images(paths, "RGB").to(device), [s.prompt for s in samples], clip, processor
+        )
+        metrics["clip_score_real"] = clip_score(
+            load_images([r["path"] for r in test_rows], "RGB").to(device),
+            [r["text"] for r in test_rows],
+            clip,
+            processor,
+        )
+
+    metrics["finding_accuracy"] = None
+    if model is not None and pred is not None and net_info["gate"]["passed"]:
+        scores = finding_scores(pred, encode_labels(matched, model.schema), model.schema)
+        metrics["finding_accuracy"] = scores["accuracy"]
+        metrics["finding_balanced_accuracy"] = scores["balanced_accuracy"]
+        metrics["finding_exact_match"] = scores["exact_match"]
+        metrics["findings"] = scores
+        metrics["reference_real_test"] = net_info["real_test"]
+    elif net_info is not None:
+        metrics["finding_accuracy_skipped"] = (
+            f"reference network failed its gate on real images (balanced accuracy "
+            f"{net_info['real_test']['balanced_accuracy']:.3f} < {net_info['gate']['min_finding_accuracy']})"
+        )
+    else:
+        metrics["finding_accuracy_skipped"] = ref.get("reference_network_skipped", "no reference network")
+    metrics["reference"] = str(ref_dir)
+    metrics["provenance"] = prov.as_dict()
+    write_json(run_dir / METRICS_JSON, metrics)
+    return metrics
+
+
+__all__ = ["ReferenceGateError", "SampleError", "evaluate_run", "feature_space", "fit_setup"]

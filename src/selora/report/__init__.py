@@ -1,0 +1,125 @@
+"""``selora report``: every table and figure of the paper, regenerated from the run folders.
+
+:func:`build_report` reads all runs of the grid (:mod:`~selora.report.collect`), aggregates over
+seeds (:mod:`~selora.report.aggregate`) and writes, each folder replaced as a whole so nothing
+stale survives a rerun::
+
+    <results>/tables/
+        index.md                     what is where, the paper table each file reproduces, missing runs
+        quality_<setup>.md           paper Tables 1/2 (224 px) and 5/6 (384 px) + KID, finding accuracy
+        ablation_threshold.md        paper Table 3 (λ)
+        ablation_test_interval.md    the t ablation the reviewers asked for
+        memory.md, time.md           paper Tables 7 and 8
+        parameters.md                trainable parameters, % of text encoder / U-Net (paper Section 4)
+        paper_vs_ours.md             the published numbers beside ours, with the method rankings
+        summary.csv                  one row per expected run (machine-readable)
+        aggregate.csv                mean / std / n per setup × method × variant
+        provenance.json
+    <results>/figures/*.png          see :mod:`~selora.report.figures`
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from selora.config import Params
+from selora.errors import SeloraError
+from selora.io import Provenance, atomic_dir, write_json, write_text
+from selora.report.aggregate import aggregate
+from selora.report.collect import ID_COLUMNS, Collected, collect
+
+
+class IncompleteRunsError(SeloraError):
+    """``--strict`` and some configured runs have no metrics."""
+
+
+def _summary_frames(col: Collected) -> tuple[pd.DataFrame, pd.DataFrame]:
+    runs = col.runs.copy()
+    numeric = [
+        c
+        for c in runs.columns
+        if c not in (*ID_COLUMNS, "path", "status")
+        and pd.api.types.is_numeric_dtype(runs[c])
+        and not pd.api.types.is_bool_dtype(runs[c])
+    ]
+    agg = aggregate(runs, ["setup", "method", "variant"], numeric)
+    return runs, agg
+
+
+def _index(params: Params, col: Collected, tables: list[str], figures: list[Path]) -> str:
+    from selora.report.tables import GENERATED_NOTE, PAPER_TABLE, STAND_IN
+
+    lines = ["# Results index", "", "## Tables", ""]
+    for name in tables:
+        lines.append(f"- [`{name}`]({name})")
+    lines += ["", "## Paper tables ↔ files", ""]
+    for setup in params.experiment.setups:
+        s = params.setup(setup)
+        paper = PAPER_TABLE.get((s.dataset, s.size))
+        stand = STAND_IN.get(s.dataset)
+        what = paper or (f"stand-in for {stand[1]}" if stand else "no paper counterpart")
+        lines.append(f"- `quality_{setup}.md`: {what} ({s.dataset}, {s.size} px)")
+    if not any(params.setup(s).size == 384 for s in params.experiment.setups):
+        lines.append("- Tables 5/6 (384 px): no setup of size 384 in `experiment.setups` in this experiment.")
+    lines += [
+        "- `ablation_threshold.md`: Table 3; `ablation_test_interval.md`: t ablation (reviewers)",
+        "- `memory.md`: Table 7; `time.md`: Table 8; `parameters.md`: Section 4",
+        "",
+        "## Figures",
+        "",
+    ]
+    lines += [f"- [`{n}`](../figures/{n})" for n in sorted(p.name for p in figures)] or ["- none yet"]
+    miss = col.runs.loc[~col.runs.has_metrics]
+    lines += ["", f"## Runs: {len(col.runs) - len(miss)} of {len(col.runs)} evaluated", ""]
+    lines += [
+        f"- missing `{r.setup}/{r.method}/{r.variant}/seed{r.seed}`: {r.status}" for r in miss.itertuples()
+    ]
+    return "\n".join([*lines, "", GENERATED_NOTE, ""])
+
+
+def build_report(
+    params: Params, results: str | Path | None = None, strict: bool = False, figures: bool = True
+) -> dict[str, Any]:
+    """Write ``<results>/tables`` and (unless ``figures=False``) ``<results>/figures``; returns what
+    was written and how many runs are missing."""
+    from selora.report import paper, tables
+
+    prov = Provenance("selora report", params.raw)
+    results = Path(results or params.paths.results)
+    col = collect(params, results)
+    miss = col.runs.loc[~col.runs.has_metrics]
+    if strict and len(miss):
+        names = ", ".join(f"{r.setup}/{r.method}/{r.variant}/seed{r.seed}" for r in miss.itertuples())
+        raise IncompleteRunsError(
+            f"--strict: {len(miss)} of {len(col.runs)} runs have no metrics.json: {names}"
+        )
+    docs = {f"quality_{s}.md": tables.quality_table(params, col, s) for s in params.experiment.setups}
+    docs["ablation_threshold.md"] = tables.ablation_table(params, col, "threshold")
+    docs["ablation_test_interval.md"] = tables.ablation_table(params, col, "test_interval")
+    docs["memory.md"] = tables.efficiency_table(params, col, "memory")
+    docs["time.md"] = tables.efficiency_table(params, col, "time")
+    docs["parameters.md"] = tables.parameters_table(params, col)
+    docs["paper_vs_ours.md"] = paper.paper_vs_ours(params, col)
+    written = sorted((results / "figures").glob("*.png"))  # kept as they are without figures=True
+    if figures:
+        from selora.report.figures import all_figures
+
+        with atomic_dir(results / "figures") as fig_tmp:
+            written = [results / "figures" / p.name for p in all_figures(params, col, fig_tmp)]
+    runs, agg = _summary_frames(col)
+    with atomic_dir(results / "tables") as tmp:
+        for name, text in docs.items():
+            write_text(tmp / name, text)
+        write_text(tmp / "index.md", _index(params, col, list(docs), written))
+        runs.to_csv(tmp / "summary.csv", index=False)
+        agg.to_csv(tmp / "aggregate.csv", index=False)
+        write_json(tmp / "provenance.json", prov.as_dict(results=str(results)))
+    return {
+        "tables": [str(results / "tables" / n) for n in docs],
+        "figures": [str(p) for p in written],
+        "runs": len(col.runs),
+        "missing": len(miss),
+    }

@@ -1,0 +1,195 @@
+"""The paper's published numbers beside ours.
+
+``published_results.csv`` (in this package) transcribes every number of the paper with the table
+or section it comes from. A row is matched to our runs by data set, image size, method (and λ for
+Table 3). It is *comparable* only when the protocol matches: same data set and size, Inception
+features for FIDs, Stable Diffusion rather than the miniature. The embedded default's synthetic
+CXR set stands in for IU X-Ray: its numbers are shown, marked as not comparable in value, and the
+ranking of the methods is compared instead.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from importlib import resources
+
+import pandas as pd
+
+from selora.config import Params
+from selora.report.aggregate import cell, mean_std
+from selora.report.collect import Collected
+from selora.report.tables import GENERATED_NOTE, STAND_IN, feature_space_of, hms
+from selora.runlayout import DEFAULT_VARIANT, variant_name
+
+DATASETS = {"IU X-Ray": "iu-xray", "Montgomery CXR": "montgomery", "PatchGastricADC22": "patchgastric"}
+METHODS = {"LoRA": "lora", "AdaLoRA": "adalora", "DyLoRA": "dylora", "SeLoRA": "selora"}
+
+
+@dataclass(frozen=True)
+class Metric:
+    key: str  # column of Collected.runs
+    better: str
+    to_paper_unit: float = 1.0  # ours × this = the paper's unit
+    fid: bool = False
+
+
+METRICS = {
+    "FID": Metric("fid", "lower", fid=True),
+    "FID 64": Metric("fid_low", "lower", fid=True),
+    "FID 192": Metric("fid_mid", "lower", fid=True),
+    "CLIP score": Metric("clip_score", "higher"),
+    "average training GPU memory": Metric("mem_mean_mb", "lower", 1 / 1024),
+    "training time": Metric("train_time_s", "lower"),
+    "trainable parameters, text encoder": Metric("trainable_pct_text_encoder", "lower"),
+    "trainable parameters, U-Net": Metric("trainable_pct_unet", "lower"),
+}
+
+
+def published() -> pd.DataFrame:
+    """The transcribed numbers as text (keeps the paper's digits), one row per number."""
+    with resources.files("selora.report").joinpath("published_results.csv").open(encoding="utf-8") as f:
+        return pd.read_csv(f, dtype=str, keep_default_na=False)
+
+
+def _method(text: str, params: Params) -> tuple[str, str]:
+    """("SeLoRA lambda=1.3") → ("selora", "threshold-1.3"); plain names → default variant."""
+    name, _, lam = text.partition(" lambda=")
+    method = METHODS[name]
+    if not lam:
+        return method, DEFAULT_VARIANT
+    value = float(lam)
+    return method, DEFAULT_VARIANT if value == params.methods.selora.threshold else variant_name(
+        "threshold", value
+    )
+
+
+def _our_setup(params: Params, dataset: str, size: int) -> tuple[str | None, bool]:
+    """(setup, same protocol?) for a paper data set and size: exact match, else a stand-in."""
+    setups = list(dict.fromkeys([*params.experiment.setups, *params.experiment.ablation.setups]))
+    for s in setups:
+        if (params.setup(s).dataset, params.setup(s).size) == (dataset, size):
+            return s, True
+    for s in setups:
+        if STAND_IN.get(params.setup(s).dataset, (None,))[0] == dataset:
+            return s, False
+    return None, False
+
+
+def _fmt(metric: str, x: float) -> str:
+    if metric == "training time":
+        return hms(x)
+    return f"{x:.3f}" if abs(x) < 100 else f"{x:.2f}"
+
+
+def comparison(params: Params, col: Collected) -> pd.DataFrame:
+    """One row per published number with ours beside it (mean, std, n) and whether it compares."""
+    rows = []
+    for r in published().itertuples(index=False):
+        metric = METRICS[r.metric]
+        dataset = DATASETS[r.dataset]
+        setup, exact = _our_setup(params, dataset, int(r.resolution))
+        method, variant = _method(r.method, params)
+        seeds = (
+            params.experiment.ablation.seeds
+            if variant != DEFAULT_VARIANT or r.source == "Table 3"
+            else params.experiment.seeds
+        )
+        mean = std = math.nan
+        n = 0
+        reason = "no run of this data set in this experiment"
+        if setup is not None:
+            sel = col.runs[
+                (col.runs.setup == setup)
+                & (col.runs.method == method)
+                & (col.runs.variant == variant)
+                & col.runs.seed.isin(seeds)
+            ]
+            vals = sel[metric.key].tolist() if metric.key in sel else []
+            mean, std, n = mean_std(vals)
+            mean, std = mean * metric.to_paper_unit, std * metric.to_paper_unit
+            space = feature_space_of(col, setup, params).get("name")
+            if not exact:
+                reason = f"no — stand-in data ({setup})"
+            elif metric.fid and space != "inception":
+                reason = f"no — {space or 'unknown'} feature space, not Inception"
+            elif params.base_model.name == "tiny":
+                reason = "no — miniature base model, not SD 1.5"
+            elif r.metric in ("average training GPU memory", "training time"):
+                reason = "hardware-dependent"
+            else:
+                reason = "yes"
+        paper = r.value if not r.std else f"{r.value} ± {r.std}"
+        rows.append(
+            {
+                "Source": r.source,
+                "Data set": r.dataset,
+                "px": r.resolution,
+                "Method": r.method,
+                "Metric": r.metric + (f" ({r.unit})" if r.unit else ""),
+                "Paper": hms(float(r.value)) if r.metric == "training time" else paper,
+                "Ours": cell(mean, std, n, len(seeds), lambda x, m=r.metric: _fmt(m, x)) if setup else "—",
+                "Our setup": setup or "—",
+                "Comparable": reason,
+                "_paper": float(r.value),
+                "_ours": mean,
+                "_better": metric.better,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def ranking(cmp: pd.DataFrame) -> pd.DataFrame:
+    """Per paper table and metric: the methods ordered best → worst, in the paper and in ours."""
+    out = []
+    for (source, data, px, metric), grp in cmp.groupby(["Source", "Data set", "px", "Metric"], sort=False):
+        if len(grp) < 2:
+            continue
+        asc = grp["_better"].iloc[0] == "lower"
+        paper = grp.sort_values("_paper", ascending=asc)["Method"].tolist()
+        ours_g = grp.dropna(subset=["_ours"])
+        ours = (
+            ours_g.sort_values("_ours", ascending=asc)["Method"].tolist() if len(ours_g) == len(grp) else []
+        )
+        out.append(
+            {
+                "Source": source,
+                "Data set": data,
+                "px": px,
+                "Metric": metric,
+                "Paper (best → worst)": " < ".join(paper) if asc else " > ".join(paper),
+                "Ours (best → worst)": (" < ".join(ours) if asc else " > ".join(ours))
+                if ours
+                else "incomplete",
+                "Same best method": ("yes" if ours[0] == paper[0] else "no") if ours else "—",
+            }
+        )
+    return pd.DataFrame(out)
+
+
+def paper_vs_ours(params: Params, col: Collected) -> str:
+    cmp = comparison(params, col)
+    rank = ranking(cmp)
+    shown = cmp.drop(columns=[c for c in cmp.columns if c.startswith("_")])
+    return "\n".join(
+        [
+            "# The paper's numbers beside this run's",
+            "",
+            "- Paper numbers: `src/selora/report/published_results.csv`, transcribed from the paper "
+            "(the Source column names the table or section).",
+            "- Ours: mean ± sample std over seeds of this experiment "
+            f"(base model `{params.base_model.name}`, "
+            f"setups {', '.join(params.experiment.setups)}); `⚠ n=k/N` flags missing seeds.",
+            "- *Comparable* says whether the protocol matches; when it does not, compare the method "
+            "rankings below rather than the values.",
+            "",
+            shown.to_markdown(index=False),
+            "",
+            "## Method rankings",
+            "",
+            rank.to_markdown(index=False) if len(rank) else "No table with two or more methods.",
+            "",
+            GENERATED_NOTE,
+            "",
+        ]
+    )

@@ -1,0 +1,329 @@
+"""The reference network, `selora evaluate` on run folders, and its errors on bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from selora.cli import main
+from selora.config import load_params
+
+SETUP = "synthetic-cxr-32"
+MIN_REAL_ACCURACY = 0.9  # what the reference network must reach on real test images in these tests
+
+
+SETTINGS = ("evaluate.reference_steps=400", "evaluate.kid_subsets=10")
+
+
+def _params(tmp: Path, *extra: str):
+    return load_params(None, [f"paths.results={tmp / 'results'}", *SETTINGS, *extra])
+
+
+@pytest.fixture(scope="module")
+def cxr(tmp_path_factory) -> Path:
+    """400 synthetic CXR phantoms at 32 px: 280 train, 40 validation, 80 test (a prepared set)."""
+    from selora.synthetic import make_cxr
+
+    cfg = load_params(None, ["synthetic.cxr.n_images=400", "synthetic.cxr.size=32"]).synthetic.cxr
+    out = tmp_path_factory.mktemp("data") / "prepared" / SETUP
+    make_cxr(cfg, out, seed=0, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory, cxr) -> dict:
+    from selora.metrics.evaluate import fit_setup
+
+    tmp = tmp_path_factory.mktemp("eval")
+    params = _params(tmp)
+    info = fit_setup(params, SETUP, data=cxr)
+    return {"tmp": tmp, "params": params, "info": info, "ref": tmp / "results" / "reference" / SETUP}
+
+
+def _test_rows(cxr: Path) -> list[dict]:
+    from selora.imagefolder import read_manifest
+
+    return read_manifest(cxr, ("test",))
+
+
+def write_run(
+    results: Path,
+    method: str,
+    seed: int,
+    rows: list[dict],
+    images: list[Image.Image],
+    variant: str = "default",
+) -> Path:
+    """A run folder in the runlayout format whose sample i was 'generated' from test row i."""
+    run = results / "runs" / SETUP / method / variant / f"seed{seed}"
+    folder = run / "samples" / "images"
+    folder.mkdir(parents=True, exist_ok=True)
+    manifest = []
+    for i, (row, img) in enumerate(zip(rows, images, strict=True)):
+        name = f"{i:05d}.png"
+        img.save(folder / name)
+        manifest.append(
+            {
+                "file_name": name,
+                "prompt": row["text"],
+                "source_id": row["source_id"],
+                "real_image": row["path"],
+                "seed": seed,
+                "k": 0,
+            }
+        )
+    (run / "samples" / "manifest.jsonl").write_text("".join(json.dumps(m) + "\n" for m in manifest))
+    return run
+
+
+def _noisy(path: str, sigma: float, seed: int) -> Image.Image:
+    arr = np.asarray(Image.open(path).convert("RGB"), dtype=np.float32)
+    arr = arr + np.random.default_rng(seed).normal(0, sigma, arr.shape[:2])[..., None]
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+
+
+def test_reference_network_reads_real_findings_before_it_judges_generated_images(fitted):
+    info = fitted["info"]
+    net = info["reference_network"]
+    assert net["gate"]["passed"] and net["gate"]["metric"] == "balanced_accuracy"
+    real = net["real_test"]
+    assert real["n"] == 80 and real["balanced_accuracy"] >= MIN_REAL_ACCURACY
+    assert real["accuracy"] > real["majority_baseline"] + 0.15
+    assert info["feature_space"] == "reference" and info["real_features"]["dims"] == {
+        "fid": 128,
+        "fid_mid": 32,
+        "fid_low": 16,
+    }
+    for name in ("reference.json", "reference.safetensors", "real_features.safetensors"):
+        assert (fitted["ref"] / name).is_file()
+
+
+def test_reference_network_is_deterministic_for_a_seed(cxr):
+    from selora.imagefolder import read_manifest
+    from selora.metrics.reference import fit_reference
+
+    rows = read_manifest(cxr, ("train",))[:64]
+    a, _ = fit_reference("synthetic-cxr", 32, rows, [], steps=8, seed=3)
+    b, _ = fit_reference("synthetic-cxr", 32, rows, [], steps=8, seed=3)
+    c, _ = fit_reference("synthetic-cxr", 32, rows, [], steps=8, seed=4)
+    sa, sb, sc = a.net.state_dict(), b.net.state_dict(), c.net.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not all(torch.equal(sa[k], sc[k]) for k in sa)
+
+
+def test_a_reference_network_below_the_gate_is_refused(tmp_path, cxr):
+    from selora.metrics.evaluate import ReferenceGateError, fit_setup
+
+    params = load_params(
+        None,
+        [f"paths.results={tmp_path}", "evaluate.reference_steps=2", "evaluate.min_finding_accuracy=0.99"],
+    )
+    with pytest.raises(ReferenceGateError, match=r"below evaluate.min_finding_accuracy 0.99"):
+        fit_setup(params, SETUP, data=cxr)
+    assert not (tmp_path / "reference" / SETUP).exists()
+
+
+def test_real_images_score_zero_and_degradations_show_in_the_right_metric(fitted, cxr):
+    from selora.metrics.evaluate import evaluate_run
+
+    params, results, rows = fitted["params"], fitted["tmp"] / "results", _test_rows(cxr)
+    real = write_run(results, "lora", 0, rows, [Image.open(r["path"]) for r in rows])
+    m = evaluate_run(params, real, data=cxr)
+    assert abs(m["fid"]) < 1e-6 and abs(m["fid_mid"]) < 1e-6 and abs(m["fid_low"]) < 1e-6
+    assert m["finding_accuracy"] == pytest.approx(
+        fitted["info"]["reference_network"]["real_test"]["accuracy"]
+    )
+    assert m["feature_space"]["name"] == "reference" and "not Inception" in m["feature_space"]["label"]
+    assert m["clip_score"] is None and m["n_generated"] == 80 and m["prompts_covered"] == 80
+    assert json.loads((real / "metrics.json").read_text())["provenance"]["command"] == "selora evaluate"
+
+    fids, kids = [], []
+    for i, sigma in enumerate((8.0, 30.0)):
+        noisy = write_run(results, "lora", i + 1, rows, [_noisy(r["path"], sigma, i) for r in rows])
+        n = evaluate_run(params, noisy, data=cxr)
+        fids.append(n["fid"])
+        kids.append(n["kid_mean"])
+    assert 0.01 < fids[0] < fids[1] and kids[0] < kids[1]
+    assert abs(m["kid_mean"]) < 0.1 * kids[1]
+
+    # The same real images under the wrong prompts: FID cannot see it, finding accuracy does.
+    shifted = [Image.open(rows[(i + 1) % len(rows)]["path"]) for i in range(len(rows))]
+    wrong = evaluate_run(params, write_run(results, "dylora", 0, rows, shifted), data=cxr)
+    assert abs(wrong["fid"]) < 1e-6
+    assert wrong["finding_balanced_accuracy"] < m["finding_balanced_accuracy"] - 0.3
+
+
+# ----------------------------------------------------------------------------- bad input
+def _cli(args: list[str], capsys) -> tuple[int, str]:
+    code = main(args)
+    return code, capsys.readouterr().err
+
+
+def _eval_args(fitted, run: Path, cxr: Path) -> list[str]:
+    return [
+        "evaluate",
+        *(a for kv in SETTINGS for a in ("--set", kv)),
+        "--set",
+        f"paths.results={fitted['tmp'] / 'results'}",
+        "--run-dir",
+        str(run),
+        "--data",
+        str(cxr),
+        "--device",
+        "cpu",
+    ]
+
+
+def test_cli_scores_a_run_and_prints_one_line(fitted, cxr, capsys):
+    rows = _test_rows(cxr)[:6]
+    run = write_run(fitted["tmp"] / "results", "selora", 5, rows, [Image.open(r["path"]) for r in rows])
+    code = main(_eval_args(fitted, run, cxr))
+    out = capsys.readouterr().out
+    assert code == 0 and "FID (reference)" in out and (run / "metrics.json").is_file()
+
+
+@pytest.mark.parametrize(
+    "defect, expect",
+    [
+        ("no-manifest", "manifest.jsonl does not exist"),
+        ("missing-image", "1 listed image(s) missing"),
+        ("corrupt-image", "cannot be decoded: 00001.png"),
+        ("one-image", "at least 2 generated images"),
+        ("wrong-prompt", "mismatched prompt manifest"),
+        ("unknown-source", "not in the test split: scxr-999999"),
+        ("unlisted-image", "not in manifest.jsonl"),
+        ("missing-field", "missing field(s) real_image"),
+    ],
+)
+def test_bad_run_folders_fail_with_one_clear_line(fitted, cxr, capsys, defect, expect):
+    rows = _test_rows(cxr)[:4]
+    results = fitted["tmp"] / "bad" / defect
+    run = write_run(results, "adalora", 0, rows, [Image.open(r["path"]) for r in rows])
+    manifest = run / "samples" / "manifest.jsonl"
+    lines = manifest.read_text().splitlines()
+    if defect == "no-manifest":
+        manifest.unlink()
+    elif defect == "missing-image":
+        (run / "samples" / "images" / "00002.png").unlink()
+    elif defect == "corrupt-image":
+        (run / "samples" / "images" / "00001.png").write_bytes(b"\x89PNG truncated")
+    elif defect == "one-image":
+        manifest.write_text(lines[0] + "\n")
+        for name in ("00001.png", "00002.png", "00003.png"):
+            (run / "samples" / "images" / name).unlink()
+    elif defect in ("wrong-prompt", "unknown-source", "missing-field"):
+        row = json.loads(lines[1])
+        if defect == "wrong-prompt":
+            row["prompt"] = "A different report."
+        elif defect == "unknown-source":
+            row["source_id"] = "scxr-999999"
+        else:
+            del row["real_image"]
+        manifest.write_text("\n".join([lines[0], json.dumps(row), *lines[2:]]) + "\n")
+    elif defect == "unlisted-image":
+        shutil.copy(run / "samples" / "images" / "00000.png", run / "samples" / "images" / "extra.png")
+    code, err = _cli(_eval_args(fitted, run, cxr), capsys)
+    assert code == 2 and expect in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_absent_reference_and_absent_inception_weights_say_what_to_do(
+    fitted, cxr, capsys, tmp_path, monkeypatch
+):
+    rows = _test_rows(cxr)[:3]
+    run = write_run(tmp_path / "results", "lora", 0, rows, [Image.open(r["path"]) for r in rows])
+    code, err = _cli(
+        [
+            "evaluate",
+            "--set",
+            f"paths.results={tmp_path / 'results'}",
+            "--run-dir",
+            str(run),
+            "--data",
+            str(cxr),
+        ],
+        capsys,
+    )
+    assert code == 2 and f"selora evaluate --fit-reference --setup {SETUP}" in err
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    code, err = _cli(
+        [
+            "evaluate",
+            "--set",
+            "evaluate.feature_space=inception",
+            "--set",
+            f"paths.results={tmp_path / 'results'}",
+            "--set",
+            "evaluate.reference_steps=2",
+            "--set",
+            "evaluate.min_finding_accuracy=0",
+            "--fit-reference",
+            "--setup",
+            SETUP,
+            "--data",
+            str(cxr),
+        ],
+        capsys,
+    )
+    assert code == 2 and "weights-inception-2015-12-05-6726825d.pth" in err
+    assert str(tmp_path / "torch" / "hub" / "checkpoints") in err
+    assert not (tmp_path / "results" / "reference" / SETUP).exists()
+
+
+def test_inception_feature_space_end_to_end(tmp_path):
+    """The paper-scale path with randomly initialised weights in the real file's layout: the
+    reference network that misses its gate only costs the finding accuracy (recorded why), and a
+    weights file other than the fitted one is refused."""
+    from test_metrics import _random_inception_weights
+
+    from selora.errors import ConfigError
+    from selora.metrics.evaluate import evaluate_run, fit_setup
+    from selora.synthetic import make_cxr
+
+    data = tmp_path / "prepared" / SETUP
+    make_cxr(
+        load_params(None, ["synthetic.cxr.n_images=20", "synthetic.cxr.size=32"]).synthetic.cxr,
+        data,
+        seed=1,
+        progress=False,
+    )
+    weights = _random_inception_weights(tmp_path / "w.pth")
+    params = _params(
+        tmp_path,
+        f"evaluate.inception_weights={weights}",
+        "evaluate.reference_steps=1",
+        "evaluate.min_finding_accuracy=0.95",
+    )
+    info = fit_setup(params, SETUP, data=data)
+    assert info["feature_space"] == "inception" and not info["reference_network"]["gate"]["passed"]
+    rows = _test_rows(data)
+    run = write_run(tmp_path / "results", "selora", 0, rows, [Image.open(r["path"]) for r in rows])
+    m = evaluate_run(params, run, data=data)
+    assert m["feature_space"]["dims"] == {"fid": 2048, "fid_mid": 192, "fid_low": 64}
+    assert abs(m["fid"]) < 1e-6 and abs(m["fid_low"]) < 1e-6
+    assert m["finding_accuracy"] is None and "failed its gate" in m["finding_accuracy_skipped"]
+
+    # The fitted weights file changed since: refused by its hash.
+    state = torch.load(weights, weights_only=True)
+    state["fc.bias"] += 1
+    torch.save(state, weights)
+    with pytest.raises(ConfigError, match="Inception weights differ"):
+        evaluate_run(params, run, data=data)
+    # Params other than those the reference was fitted with: refused, naming them.
+    fitted = (
+        f"evaluate.inception_weights={weights}",
+        "evaluate.reference_steps=1",
+        "evaluate.min_finding_accuracy=0.95",
+    )
+    for override, key in (
+        (f"evaluate.inception_weights={tmp_path / 'x.pth'}", "inception_weights"),
+        ("evaluate.min_finding_accuracy=0.5", "min_finding_accuracy"),
+    ):
+        with pytest.raises(ConfigError, match=f"fitted with other params \\({key}\\)"):
+            evaluate_run(_params(tmp_path, *fitted, override), run, data=data)

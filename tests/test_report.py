@@ -1,0 +1,408 @@
+"""`selora report` on a fixture of run logs written here in exactly the runlayout format."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from selora.cli import main
+from selora.config import load_params
+from selora.runlayout import RunId, grid, run_dir
+
+SETUP = "synthetic-cxr-32"
+METHOD_INDEX = {"lora": 0, "adalora": 1, "dylora": 2, "selora": 3}
+FID_BASE = {"lora": 10.0, "adalora": 20.0, "dylora": 12.0, "selora": 8.0}
+VARIANT_FID = {"threshold-1": 5.0, "threshold-1.3": 9.0, "test_interval-20": 7.0, "test_interval-80": 8.5}
+PERCENT = {"lora": (0.216, 0.803), "adalora": (0.3, 1.2), "dylora": (0.216, 0.803), "selora": (0.121, 0.368)}
+TEXT_MODULES = [
+    f"text_model.encoder.layers.{i}.{m}"
+    for i in range(2)
+    for m in (
+        "self_attn.q_proj",
+        "self_attn.k_proj",
+        "self_attn.v_proj",
+        "self_attn.out_proj",
+        "mlp.fc1",
+        "mlp.fc2",
+    )
+]
+UNET_MODULES = [
+    "up_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k",
+    "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q",
+    "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k",
+    "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_out.0",
+    "down_blocks.0.attentions.0.transformer_blocks.0.ff.net.0.proj",
+    "mid_block.attentions.0.transformer_blocks.0.attn2.to_q",
+    "down_blocks.0.resnets.0.time_emb_proj",
+]
+STEPS, EVERY = 120, 40
+
+
+def final_rank(method: str, module_index: int, seed: int) -> int:
+    return 4 if method in ("lora", "dylora") else 1 + (module_index + seed) % 5
+
+
+def write_fake_run(folder: Path, run: RunId, real_images: list[Path]) -> None:
+    """Training logs, samples and metrics.json of one run, with hand-made numbers."""
+    idx = METHOD_INDEX[run.method]
+    logs = folder / "train" / "logs"
+    logs.mkdir(parents=True)
+    pd.DataFrame(
+        {
+            "step": range(STEPS),
+            "epoch": [s // EVERY for s in range(STEPS)],
+            "loss": [0.1 + 0.5 * math.exp(-s / 50) + 0.01 * idx for s in range(STEPS)],
+            "lr": 1e-4,
+            "wall_s": [0.5 * s for s in range(STEPS)],
+        }
+    ).to_csv(logs / "steps.csv", index=False)
+    pd.DataFrame(
+        {
+            "epoch": [0, 1, 2],
+            "step": [40, 80, 120],
+            "val_loss": [0.3, 0.25 - 0.01 * idx, 0.26],
+            "is_best": [False, True, False],
+        }
+    ).to_csv(logs / "validation.csv", index=False)
+    pd.DataFrame(
+        {
+            "step": [0, 40, 80],
+            "device": "cpu",
+            "peak_mb": [1024 + 100 * idx + 10 * run.seed + d for d in (0, 50, 100)],
+        }
+    ).to_csv(logs / "memory.csv", index=False)
+    rows = []
+    for step in (0, 40, 80, 119):
+        for part, modules in (("text_encoder", TEXT_MODULES), ("unet", UNET_MODULES)):
+            for i, module in enumerate(modules):
+                final = final_rank(run.method, i, run.seed)
+                rank = final if run.method != "selora" else min(final, 1 + step // 40)
+                rows.append({"step": step, "part": part, "module": module, "rank": rank, "fi_ratio": 1.0})
+    pd.DataFrame(rows).to_csv(logs / "ranks.csv", index=False)
+    te, un = PERCENT[run.method]
+    pd.DataFrame(
+        {
+            "part": ["text_encoder", "unet"],
+            "base_parameters": [1000, 2000],
+            "trainable_parameters": [int(te * 10), int(un * 20)],
+            "effective_parameters": [int(te * 10), int(un * 20)],
+            "trainable_percent": [te, un],
+            "effective_percent": [te, un],
+            "adapted_layers": [12, 7],
+        }
+    ).to_csv(logs / "parameters.csv", index=False)
+    (folder / "train" / "summary.json").write_text(
+        json.dumps({"run": run.relpath, "train_time_s": 3600 + 60 * idx + run.seed, "steps": STEPS})
+    )
+    samples = folder / "samples" / "images"
+    samples.mkdir(parents=True)
+    manifest = []
+    for i, real in enumerate(real_images):
+        Image.new("RGB", (8, 8), (40 * idx, 20 * i, 100)).save(samples / f"{i:05d}.png")
+        manifest.append(
+            {
+                "file_name": f"{i:05d}.png",
+                "prompt": f"Report number {i}. " * 3,
+                "source_id": f"scxr-{i:06d}",
+                "real_image": str(real),
+                "seed": run.seed,
+                "k": 0,
+            }
+        )
+    (folder / "samples" / "manifest.jsonl").write_text("".join(json.dumps(m) + "\n" for m in manifest))
+    fid = VARIANT_FID.get(run.variant, FID_BASE[run.method]) + run.seed
+    (folder / "metrics.json").write_text(
+        json.dumps(
+            {
+                "run": {"setup": run.setup, "method": run.method, "variant": run.variant, "seed": run.seed},
+                "feature_space": {
+                    "name": "reference",
+                    "label": "reference CNN trained on the real images (not Inception)",
+                    "dims": {"fid": 128, "fid_mid": 32, "fid_low": 16},
+                },
+                "n_generated": 160,
+                "prompts_covered": 160,
+                "test_prompts": 160,
+                "kid_subsets": 50,
+                "kid_subset_size": 50,
+                "fid": fid,
+                "fid_mid": fid / 2,
+                "fid_low": fid / 4,
+                "kid_mean": 0.001 * fid,
+                "kid_std": 0.0001,
+                "clip_model": "fake-clip",
+                "clip_score": 25.0 + idx + 0.1 * run.seed,
+                "clip_score_real": 30.0,
+                "finding_accuracy": 0.5 + 0.1 * idx,
+                "finding_balanced_accuracy": 0.4 + 0.1 * idx,
+                "reference_real_test": {
+                    "n": 160,
+                    "accuracy": 0.99,
+                    "balanced_accuracy": 0.98,
+                    "majority_baseline": 0.74,
+                },
+            }
+        )
+    )
+
+
+def _make_results(root: Path) -> tuple:
+    params = load_params(None, [f"paths.results={root / 'results'}"])
+    reals = []
+    for i in range(3):
+        path = root / "prepared" / "test" / f"{i:06d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8), (10 * i, 10 * i, 10 * i)).save(path)
+        reals.append(path)
+    for run in grid(params):
+        write_fake_run(run_dir(params, run), run, reals)
+    return params, root / "results"
+
+
+@pytest.fixture
+def results(tmp_path) -> tuple:
+    """A fresh fixture of run logs (for tests that change it)."""
+    return _make_results(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> tuple:
+    """The fixture of run logs with the report built once (read-only tests share it)."""
+    from selora.report import build_report
+
+    params, res = _make_results(tmp_path_factory.mktemp("built"))
+    return params, res, build_report(params)
+
+
+def _read(results: Path, name: str) -> str:
+    return (results / "tables" / name).read_text(encoding="utf-8")
+
+
+def _row(md: str, first: str) -> list[str]:
+    for line in md.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if cells and cells[0] == first:
+            return cells
+    raise AssertionError(f"no row {first!r} in\n{md}")
+
+
+# ----------------------------------------------------------------------------- aggregation
+def test_mean_and_std_over_seeds_on_hand_made_numbers():
+    from selora.report.aggregate import aggregate, cell, mean_std
+
+    assert mean_std([1.0, 2.0, 3.0]) == (2.0, 1.0, 3)
+    m, s, n = mean_std([2.0, None, float("nan"), 4.0])
+    assert (m, n) == (3.0, 2) and s == pytest.approx(math.sqrt(2))
+    m, s, n = mean_std([5.0])
+    assert (m, n) == (5.0, 1) and math.isnan(s)
+    assert mean_std([])[2] == 0
+    assert cell(2.0, 1.0, 3, 3) == "2.000 ± 1.000"
+    assert cell(3.0, math.sqrt(2), 2, 3) == "3.000 ± 1.414 ⚠ n=2/3"
+    assert cell(5.0, math.nan, 1, 3) == "5.000 ⚠ n=1/3"
+    assert cell(math.nan, math.nan, 0, 3) == "— (0/3)"
+    df = pd.DataFrame({"method": ["a", "a", "b", "b"], "fid": [1.0, 3.0, 10.0, None]})
+    agg = aggregate(df, ["method"], ["fid"]).set_index("method")
+    assert agg.loc["a", "fid_mean"] == 2.0 and agg.loc["a", "fid_std"] == pytest.approx(math.sqrt(2))
+    assert agg.loc["b", "fid_n"] == 1 and agg.loc["b", "fid_mean"] == 10.0
+
+
+# ----------------------------------------------------------------------------- tables
+def test_quality_table_states_its_configuration_and_aggregates_seeds(built):
+    _, res, out = built
+    assert out["missing"] == 0 and out["runs"] == 16
+    md = _read(res, f"quality_{SETUP}.md")
+    assert "stand-in for paper Table 1" in md
+    for text in (
+        f"`{SETUP}`",
+        "32×32 px",
+        "Seeds** configured: 0, 1, 2",
+        "from the logs): 120",
+        "base model",
+        "not Inception",
+        "accuracy 0.990",
+        "'fake-clip'",
+        "160 generated images covering 160 of 160 test prompts; KID over 50 subsets of 50",
+        "All configured runs",
+    ):
+        assert text.lower() in md.lower(), text
+    header = _row(md, "Method")
+    assert header[1:4] == ["FID-ref 128 ↓", "CLIP score ↑", "FID-ref 16 ↓"]
+    lora, selora = _row(md, "LoRA"), _row(md, "SeLoRA")
+    assert lora[1] == "11.000 ± 1.000" and lora[3] == "2.750 ± 0.250"  # FID, FID-ref 16 = FID / 4
+    assert selora[1] == "**9.000 ± 1.000**"  # lowest FID in bold
+    assert lora[2] == "25.10 ± 0.10" and selora[2] == "**28.10 ± 0.10**"
+    assert lora[5] == "0.011 ± 0.001"  # KID, as computed (no scaling)
+    assert _row(md, "DyLoRA")[-2] == "70.0 ± 0.0"  # finding accuracy in %
+    summary = pd.read_csv(res / "tables" / "summary.csv")
+    assert len(summary) == 16 and set(summary.status) == {"complete"}
+    agg = pd.read_csv(res / "tables" / "aggregate.csv")
+    row = agg[(agg.method == "lora") & (agg.variant == "default")].iloc[0]
+    assert row.fid_mean == 11.0 and row.fid_std == 1.0 and row.fid_n == 3
+
+
+def test_missing_seeds_are_flagged_and_listed_never_silently_averaged(results, capsys):
+    from selora.report import build_report
+
+    params, res = results
+    (run_dir(params, RunId(SETUP, "lora", "default", 2)) / "metrics.json").unlink()
+    shutil.rmtree(run_dir(params, RunId(SETUP, "selora", "default", 1)))
+    out = build_report(params, figures=False)
+    assert out["missing"] == 2
+    md = _read(res, f"quality_{SETUP}.md")
+    assert _row(md, "LoRA")[1] == "10.500 ± 0.707 ⚠ n=2/3"
+    assert _row(md, "SeLoRA")[1] == "9.000 ± 1.414 ⚠ n=2/3"  # not bold: incomplete cells are not "best"
+    assert _row(md, "DyLoRA")[1] == "**13.000 ± 1.000**"
+    assert "Missing runs (2 of 12)" in md
+    assert f"`{SETUP}/lora/default/seed2`: no metrics.json (not evaluated)" in md
+    assert f"`{SETUP}/selora/default/seed1`: not run" in md
+    assert "seed1`: not run" in _read(res, "time.md") and "2 of 16" not in _read(res, "index.md")
+    assert "14 of 16 evaluated" in _read(res, "index.md")
+    code = main(["report", "--set", f"paths.results={res}", "--strict"])
+    err = capsys.readouterr().err
+    assert code == 2 and "2 of 16 runs have no metrics.json" in err and "lora/default/seed2" in err
+
+
+def test_lambda_and_t_ablation_tables(built):
+    _, res, _ = built
+    lam = _read(res, "ablation_threshold.md")
+    assert "paper Table 3" in lam and "Seeds** configured: 0" in lam
+    assert [_row(lam, v)[1] for v in ("1", "1.1 (default)", "1.3")] == ["**5.000**", "8.000", "9.000"]
+    t = _read(res, "ablation_test_interval.md")
+    assert "reviewers" in t and "(λ = 1.1)" in t
+    assert [_row(t, v)[1] for v in ("20", "40 (default)", "80")] == ["**7.000**", "8.000", "8.500"]
+    assert _row(t, "20")[-1] == "1:03:00"  # training time of the seed-0 SeLoRA run (3780 s)
+
+
+def test_memory_time_and_parameter_tables(built):
+    _, res, _ = built
+    mem = _read(res, "memory.md")
+    assert "paper Table 7" in mem and "on: cpu" in mem
+    # LoRA: samples 1024 + 10·seed + {0, 50, 100} MiB → mean over seeds 1084 MiB = 1.059 GiB.
+    assert _row(mem, "LoRA")[1] == f"{1084 / 1024:.3f} ± {10 / 1024:.3f}"
+    time = _read(res, "time.md")
+    assert "paper Table 8" in time and _row(time, "SeLoRA")[1] == "1:03:01 ± 0:00:01"
+    assert "(1 + 1/t)·LoRA = 1:01:31 at t = 40" in time
+    par = _read(res, "parameters.md")
+    assert _row(par, "SeLoRA")[1:3] == ["0.121 ± 0.000", "0.121 ± 0.000"]
+    assert _row(par, "LoRA")[4] == "0.803 ± 0.000" and _row(par, "LoRA")[3] == "4.00 ± 0.00"
+    assert _row(par, "LoRA")[-2:] == ["2 ± 0", "16 ± 0"]  # trainable parameter counts from parameters.csv
+
+
+def _rows(md: str) -> list[list[str]]:
+    return [
+        [c.strip() for c in line.strip().strip("|").split("|")]
+        for line in md.splitlines()
+        if line.startswith("|")
+    ]
+
+
+def test_paper_vs_ours_keeps_the_source_table_and_says_what_compares(built):
+    from selora.report.paper import published
+
+    _, res, _ = built
+    pub = published()
+    t1 = pub[(pub.source == "Table 1") & (pub.method == "LoRA") & (pub.metric == "FID")].iloc[0]
+    assert (t1["dataset"], t1["resolution"], t1["value"], t1["std"]) == ("IU X-Ray", "224", "113.37", "7.88")
+    assert len(pub[pub.source == "Table 8"]) == 8
+    md = _read(res, "paper_vs_ours.md")
+    cmp_part, rank_part = md.split("## Method rankings")
+    row = next(r for r in _rows(cmp_part) if r[0] == "Table 1" and r[3] == "LoRA" and r[4] == "FID")
+    assert row[5:] == ["113.37 ± 7.88", "11.000 ± 1.000", SETUP, f"no — stand-in data ({SETUP})"]
+    time = next(r for r in _rows(cmp_part) if r[0] == "Table 8" and r[1] == "IU X-Ray" and r[3] == "SeLoRA")
+    assert time[5] == "1:47:01"  # the paper's 6421 s, shown as the paper prints it
+    assert any(
+        r[0] == "Table 2" and r[-1] == "no run of this data set in this experiment" for r in _rows(cmp_part)
+    )
+    fid_rank = next(r for r in _rows(rank_part) if r[0] == "Table 1" and r[3] == "FID")
+    assert fid_rank[4:] == ["SeLoRA < LoRA < DyLoRA < AdaLoRA"] * 2 + ["yes"]
+    clip_rank = next(r for r in _rows(rank_part) if r[0] == "Table 1" and r[3] == "CLIP score")
+    assert clip_rank[4] == "SeLoRA > LoRA > AdaLoRA > DyLoRA" and clip_rank[6] == "yes"
+
+
+# ----------------------------------------------------------------------------- figures
+def test_rank_heatmap_layout_follows_the_paper():
+    from selora.report.rankmap import classify, final_ranks, rank_matrix
+
+    def where(name: str) -> tuple[str, str, str]:
+        slot = classify(name)
+        return slot.group, slot.layer, slot.role
+
+    assert where("text_model.encoder.layers.3.self_attn.q_proj") == ("attention", "3", "q")
+    assert where("encoder.layers.0.mlp.fc2") == ("attention", "0", "fc2")
+    assert where("down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k") == (
+        "attention",
+        "down0.0",
+        "attn2 k",
+    )
+    assert where("up_blocks.1.attentions.1.transformer_blocks.0.ff.net.0.proj") == (
+        "attention",
+        "up1.1",
+        "ff 1",
+    )
+    assert where("mid_block.resnets.1.time_emb_proj") == ("other", "mid.r1", "time_emb_proj")
+    logs = pd.DataFrame(
+        [{"step": 0, "part": "unet", "module": m, "rank": 1} for m in UNET_MODULES]
+        + [
+            {"step": 80, "part": "unet", "module": UNET_MODULES[0], "rank": 6},
+            {"step": 80, "part": "text_encoder", "module": TEXT_MODULES[7], "rank": 3},
+        ]
+    )
+    final = final_ranks(logs)
+    unet = rank_matrix(final, "unet")
+    assert list(unet.columns) == ["down0.0", "mid.0", "up1.0"]  # input → output, not file order
+    assert unet.loc["attn2 k", "up1.0"] == 6 and unet.loc["attn2 k", "down0.0"] == 1
+    assert list(unet.index) == ["attn1 q", "attn2 q", "attn2 k", "attn2 out", "ff 1"]
+    assert math.isnan(unet.loc["attn1 q", "mid.0"])
+    text = rank_matrix(final, "text_encoder")
+    assert text.loc["k", "1"] == 3
+    assert rank_matrix(final, "unet", "other").loc["time_emb_proj", "down0.r0"] == 1
+
+
+def test_figures_are_drawn_from_the_logs(built):
+    _, res, out = built
+    names = {Path(p).name for p in out["figures"]}
+    for name in (
+        f"ranks_{SETUP}_selora_default.png",
+        f"ranks_{SETUP}_selora_threshold-1.png",
+        f"rank_growth_{SETUP}.png",
+        f"memory_{SETUP}.png",
+        f"loss_{SETUP}.png",
+        f"qualitative_{SETUP}.png",
+    ):
+        assert name in names, name
+        with Image.open(res / "figures" / name) as im:
+            assert im.size[0] > 200 and im.size[1] > 100
+    index = _read(res, "index.md")
+    assert f"ranks_{SETUP}_selora_default.png" in index and "Tables 5/6 (384 px): no setup" in index
+
+
+def test_report_is_regenerated_identically_and_drops_stale_files(built):
+    from selora.report import build_report
+
+    params, res, _ = built
+    (res / "tables" / "stale.md").write_text("hand edit")
+    first = {p.name: p.read_bytes() for p in (res / "tables").glob("*.md")}
+    build_report(params, figures=False)
+    second = {p.name: p.read_bytes() for p in (res / "tables").glob("*.md")}
+    assert "stale.md" not in second and first.pop("stale.md") and first == second
+
+
+def test_unreadable_log_is_a_clear_error(results, capsys):
+    params, res = results
+    path = run_dir(params, RunId(SETUP, "dylora", "default", 0)) / "train" / "logs" / "memory.csv"
+    path.write_text("step,peak\n1,2\n")
+    code = main(["report", "--set", f"paths.results={res}"])
+    err = capsys.readouterr().err
+    assert code == 2 and str(path) in err and "device, peak_mb" in err
+    ranks = path.with_name("ranks.csv")
+    ranks.write_text(ranks.read_text().replace(",4,", ",four,", 1))
+    path.write_text("step,device,peak_mb\n0,cpu,100\n")
+    code = main(["report", "--set", f"paths.results={res}"])
+    err = capsys.readouterr().err
+    assert code == 2 and str(ranks) in err and "column rank is not numeric" in err
