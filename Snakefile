@@ -17,6 +17,8 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/base_model.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/sample.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:

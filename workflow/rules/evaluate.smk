@@ -1,0 +1,46 @@
+# Evaluate: the setup's reference (real test features; for the embedded default also the reference
+# network that reads the findings) once per setup, then every run's samples against it.
+
+
+rule fit_reference:
+    input:
+        data=f"{DATA}/prepared/{{setup}}",
+    output:
+        directory(f"{RESULTS}/reference/{{setup}}"),
+    params:
+        params=PARAMS_ARGS,
+    log:
+        f"{LOGS}/fit_reference/{{setup}}.log",
+    threads: 1
+    resources:
+        gpu=GPU,
+        mem_mb=4000,
+        runtime=60,
+    conda:
+        ENV
+    shell:
+        "selora evaluate {params.params} --setup {wildcards.setup} --fit-reference "
+        "--out {output} --quiet > {log} 2>&1"
+
+
+rule evaluate:
+    input:
+        samples=f"{RUN}/samples",
+        reference=f"{RESULTS}/reference/{{setup}}",
+    output:
+        f"{RUN}/metrics.json",
+    params:
+        params=PARAMS_ARGS,
+        run_dir=lambda wildcards, output: str(Path(output[0]).parent),
+    log:
+        f"{LOGS}/evaluate/{{setup}}/{{method}}/{{variant}}/seed{{seed}}.log",
+    threads: 1
+    resources:
+        gpu=GPU,
+        mem_mb=4000,
+        runtime=60,
+    conda:
+        ENV
+    shell:
+        "selora evaluate {params.params} --run-dir {params.run_dir} --reference {input.reference} "
+        "--quiet > {log} 2>&1"
