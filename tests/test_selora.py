@@ -152,6 +152,40 @@ def test_fisher_scores_equal_brute_force_per_sample_gradients(ckpt):
     assert scores["per_sample"][("toy", "dead")] == (0.0, 0.0)
 
 
+@pytest.mark.parametrize("mode", ["per_sample", "batch"])
+def test_a_test_step_gives_the_plain_step_gradients(mode):
+    """On test steps the LoRA branch's backward is SeLoRA's own: it must equal autograd's."""
+    x, y = toy_data()
+    grads = []
+    for step in (0, 2):  # t = 3: step 0 is plain, step 2 a test
+        ad, model = toy_adapter(fisher=mode, test_interval=3, scale=0.5)
+        xin = x.clone().requires_grad_()
+        ad.before_forward(step)
+        toy_loss(model, xin, y).backward()
+        assert (ad._armed is not None) == (step == 2)
+        grads.append([xin.grad] + [p.grad for p in ad.trainable_parameters()])
+    for plain, tested in zip(*grads, strict=True):
+        torch.testing.assert_close(tested, plain, rtol=1e-12, atol=1e-15)
+
+
+def test_test_step_under_bf16_autocast():
+    x, y = toy_data(torch.float32)
+    grads, scores = [], None
+    for step in (0, 2):
+        ad, model = toy_adapter(torch.float32, test_interval=3)
+        ad.before_forward(step)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = toy_loss(model, x, y)
+        loss.backward()
+        grads.append([p.grad for p in ad.trainable_parameters()])
+        if step == 2:
+            scores = ad.fisher_scores()
+    for plain, tested in zip(*grads, strict=True):
+        assert tested.dtype == torch.float32
+        assert float((tested - plain).norm()) <= 0.05 * float(plain.norm()) + 1e-6
+    assert all(math.isfinite(o) and e >= o for o, e in scores.values())
+
+
 def test_fisher_scores_on_the_miniature_sd_with_gradient_checkpointing(tiny_pipeline, cxr_batch):
     """Per-sample FI of every U-Net and text-encoder linear == brute force (float64, batch 4), also
     when the U-Net recomputes its forward under (non-reentrant) gradient checkpointing."""

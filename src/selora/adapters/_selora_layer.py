@@ -5,35 +5,42 @@ A [r, in] (Kaiming-uniform) and B [out, r] (zeros), and one fixed scale ``s`` (g
 not rescale the ranks already learnt, unlike LoRA's alpha/r). Storage follows peft (A [r, in],
 B [out, r]); the paper writes the transposes.
 
-**The test, from the training step's own backward.** On a test step the layer routes its LoRA
-branch through :class:`_FisherTap`, an identity in the forward whose backward receives
-``g = ∂L/∂h`` and the saved input ``x`` and ``v = s·x Aᵀ``. From these, per sample i (tokens /
-pixels t summed before squaring, as Eq. 3 wants a sample's whole gradient)::
+**The test, from the training step's own backward.** On a test step the LoRA branch runs through
+:class:`_ProbedLoRA`, which computes the same forward as the plain path and does the branch's
+backward itself: from ``g = ∂L/∂h``, the saved input ``x`` and ``v = s·x Aᵀ`` it forms, per sample i
+(tokens / pixels t summed before squaring, as Eq. 3 wants a sample's whole gradient)::
 
-    ∂L/∂B_i     = Σ_t g_it ⊗ v_it                   [out, r]
     ∂L/∂A_i     = s · Σ_t (g_it B) ⊗ x_it           [r, in]
+    ∂L/∂B_i     = Σ_t g_it ⊗ v_it                   [out, r]
     ∂L/∂B_new,i = s · Σ_t g_it · (x_it · k)         [out]    the candidate column of B'
     ∂L/∂k       = 0                                 (k's output is multiplied by the zero column)
+
+and hands autograd the sums over samples as the weight gradients, so the per-sample gradients
+replace work the plain backward does anyway; the extra cost is the candidate column (``x·k`` and
+one more column in the B-gradient matmul). No second forward or backward, no loop over samples.
 
 Because the candidate column of B' is zero, the expanded module computes the same function, so the
 gradients of the old entries are unchanged and ``FI_exp = FI_orig + FI_new``: the FI-Ratio is
 ``FI_exp / FI_orig = 1 + FI_new / FI_orig ≥ 1`` (Eq. 5 of the paper prints the inverse, which could
-never reach λ > 1; Section 3.2's text and the authors' code use exp / orig). No second forward or
-backward, no loop over samples: three batched matmuls per layer, about the cost of the LoRA
-branch's own weight gradient, only on test steps.
+never reach λ > 1; Section 3.2's text and the authors' code use exp / orig). Statistics and the
+branch's test-step backward are computed in fp32 (fp64 stays fp64) even under fp16 autocast.
 
-Units: for a loss that is a mean over the batch (the diffusion MSE), the gradient the tap sees is
+Units: for a loss that is a mean over the batch (the diffusion MSE), the gradient the probe sees is
 ``c_i = ∂L_i/∂w / N`` per sample, so ``per_sample`` reports Eq. 3 exactly as ``N · Σ_i c_i²``;
 ``batch`` reports the squared mini-batch gradient ``(Σ_i c_i)²``. Any constant factor on the loss
 (the mean's 1/N, fp16's GradScaler loss scale S) multiplies both scores alike (by S²), so the ratio
 — the only thing the expansion rule uses — is invariant to it.
 
-**Gradient checkpointing.** Nothing is recorded in the forward: the tap saves its tensors with
-``save_for_backward`` and records in its backward, which autograd runs exactly once per real call.
-Non-reentrant checkpointing re-runs the forward to rebuild the saved tensors but never runs that
-re-run's backward; reentrant checkpointing runs the first forward without a graph (no tap node) and
-the backward of the re-run once. A layer called several times in one forward (weight sharing) gets
-its per-sample gradients summed over the calls before squaring, which is exact too.
+Memory: on a test step each layer keeps its per-sample gradients, N·(r·in + out·(r+1)) numbers,
+from its backward until ``after_optimizer_step`` decides (``batch`` mode: r·in + out·(r+1)); about
+N times the adapter's own size, on test steps only.
+
+**Gradient checkpointing.** Nothing is recorded in the forward: :class:`_ProbedLoRA` saves its
+tensors with ``save_for_backward`` and records in its backward, which autograd runs exactly once per
+real call. Non-reentrant checkpointing re-runs the forward to rebuild the saved tensors but never
+runs that re-run's backward; reentrant checkpointing runs the first forward without a graph and the
+backward of the re-run once. A layer called several times in one forward (weight sharing) gets its
+per-sample gradients summed over the calls before squaring, which is exact too.
 """
 
 from __future__ import annotations
@@ -58,7 +65,8 @@ def kaiming_rows(n_rows: int, fan_in: int, generator: torch.Generator, dtype: to
 
 
 class FisherProbe:
-    """Accumulates one layer's per-sample (or batch) gradients during one test step's backward."""
+    """One layer's gradients during one test step: computes the LoRA branch's backward itself, keeping
+    the per-sample (or batch) gradients it needs anyway, plus the candidate column's."""
 
     def __init__(self, mode: str, scale: float) -> None:
         self.mode = mode
@@ -66,34 +74,45 @@ class FisherProbe:
         self.calls = 0
         self.n_samples = 0
         self.d_a: torch.Tensor | None = None  # per_sample [N, r, in] | batch [r, in]
-        self.d_b: torch.Tensor | None = None  # per_sample [N, out, r] | batch [out, r]
-        self.d_new: torch.Tensor | None = None  # per_sample [N, out] | batch [out]
+        self.d_bk: torch.Tensor | None = None  # [N, out, r+1] | [out, r+1]: ∂L/∂B' (last column: candidate)
 
-    @torch.no_grad()
-    def add(self, g: torch.Tensor, x: torch.Tensor, v: torch.Tensor, b: torch.Tensor,
-            k: torch.Tensor) -> None:
-        """g [N, ..., out] = ∂L/∂h, x [N, ..., in], v [N, ..., r] = s·x Aᵀ, b [out, r], k [in]."""
-        dt = torch.promote_types(g.dtype, torch.float32)  # fp16/bf16 statistics in fp32; fp64 stays
-        n = g.shape[0]
-        g = g.reshape(n, -1, g.shape[-1]).to(dt)  # [N, T, out]
-        x = x.reshape(n, -1, x.shape[-1]).to(dt)  # [N, T, in]
-        v = v.reshape(n, -1, v.shape[-1]).to(dt)  # [N, T, r]
-        b, k = b.to(dt), k.to(dt)
-        s = self.scale
-        xk = x @ k  # [N, T]
-        gb = g @ b  # [N, T, r]
+    def backward(self, g: torch.Tensor, x: torch.Tensor, v: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
+                 k: torch.Tensor, need_x: bool) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        """g [N, ..., out] = ∂L/∂h, x [N, ..., in], v [N, ..., r] = s·x Aᵀ, a [r, in], b [out, r], k [in].
+
+        Returns (∂L/∂x, ∂L/∂A, ∂L/∂B) for autograd; the weight gradients are the sums over samples of
+        the per-sample ones, so the test costs little more than the plain backward of the branch."""
+        dt = torch.promote_types(torch.promote_types(g.dtype, torch.float32), a.dtype)  # fp16 → fp32
+        n, r, s = (g.shape[0] if g.ndim > 1 else 1), a.shape[0], self.scale  # unbatched input: N = 1
+        g3 = _as(g.reshape(n, -1, g.shape[-1]), dt)  # [N, T, out]
+        x3 = _as(x.reshape(n, -1, x.shape[-1]), dt)  # [N, T, in]
+        v3 = _as(v.reshape(n, -1, r), dt)  # [N, T, r]
+        b_, k_ = _as(b, dt), _as(k, dt)
+        dv = g3 @ b_  # [N, T, r] = ∂L/∂v
+        xk = (x3 @ k_).unsqueeze(-1)  # [N, T, 1]: the candidate's v-column, before the scale
+        vk = torch.cat([v3, xk * s if s != 1.0 else xk], dim=-1)  # [N, T, r+1]
         if self.mode == "per_sample":
-            gt = g.transpose(1, 2)  # [N, out, T]
-            d_b = torch.bmm(gt, v)  # [N, out, r]
-            d_a = torch.bmm(gb.transpose(1, 2), x).mul_(s)  # [N, r, in]
-            d_new = torch.bmm(gt, xk.unsqueeze(-1)).squeeze(-1).mul_(s)  # [N, out]
+            d_a = torch.bmm(dv.transpose(1, 2), x3)  # [N, r, in]
+            d_bk = torch.bmm(g3.transpose(1, 2), vk)  # [N, out, r+1]
         else:
-            g2, x2 = g.reshape(-1, g.shape[-1]), x.reshape(-1, x.shape[-1])  # [NT, out], [NT, in]
-            d_b = g2.T @ v.reshape(-1, v.shape[-1])  # [out, r]
-            d_a = (gb.reshape(-1, gb.shape[-1]).T @ x2).mul_(s)  # [r, in]
-            d_new = (g2.T @ xk.reshape(-1)).mul_(s)  # [out]
+            d_a = dv.reshape(-1, r).T @ x3.reshape(-1, x3.shape[-1])  # [r, in]
+            d_bk = g3.reshape(-1, g3.shape[-1]).T @ vk.reshape(-1, r + 1)  # [out, r+1]
+        if s != 1.0:
+            d_a.mul_(s)
+        if self.mode == "per_sample":
+            grad_a, grad_b = d_a.sum(0), d_bk[..., :r].sum(0)
+        else:  # copies: autograd may keep and accumulate into the tensors it is handed
+            grad_a, grad_b = d_a.clone(), d_bk[:, :r].clone()
+        grad_x = None
+        if need_x:
+            grad_x = (dv @ _as(a, dt)).reshape(x.shape)  # [..., in]
+            grad_x = _as(grad_x * s if s != 1.0 else grad_x, x.dtype)
+        self._record(n, d_a, d_bk)
+        return grad_x, _as(grad_a, a.dtype), _as(grad_b, b.dtype)
+
+    def _record(self, n: int, d_a: torch.Tensor, d_bk: torch.Tensor) -> None:
         if self.d_a is None:
-            self.d_a, self.d_b, self.d_new, self.n_samples = d_a, d_b, d_new, n
+            self.d_a, self.d_bk, self.n_samples = d_a, d_bk, n
         else:  # the layer ran more than once in this forward: sum gradients before squaring
             if self.mode == "per_sample" and n != self.n_samples:
                 raise RuntimeError(
@@ -101,35 +120,52 @@ class FisherProbe:
                     "in one step; call before_forward/after_optimizer_step once per forward/backward"
                 )
             self.d_a += d_a
-            self.d_b += d_b
-            self.d_new += d_new
+            self.d_bk += d_bk
         self.calls += 1
 
-    def scores(self) -> torch.Tensor | None:
-        """tensor([FI_orig, FI_new]) (Eq. 3-4 summed over A and B; FI_new: the candidate column of B'),
-        or None when the layer got no gradient this step."""
-        if self.d_a is None:
-            return None
-        orig = self.d_a.square().sum() + self.d_b.square().sum()
-        new = self.d_new.square().sum()
-        out = torch.stack([orig, new]).to(torch.float64)
-        return out * self.n_samples if self.mode == "per_sample" else out
+    def parts(self) -> list[torch.Tensor]:
+        """[∂A, ∂B, ∂B_new] (per sample or batch) whose squared norms make FI_orig = ‖∂A‖² + ‖∂B‖² and
+        FI_new = ‖∂B_new‖² (Eq. 3-4; per-sample scores are also multiplied by N, see the module doc)."""
+        r = self.d_a.shape[-2]
+        return [self.d_a, self.d_bk[..., :r], self.d_bk[..., r]]
 
 
-class _FisherTap(torch.autograd.Function):
-    """Identity on the LoRA branch output; its backward hands ∂L/∂h to the layer's probe."""
+def _as(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return t if t.dtype == dtype else t.to(dtype)  # skips the call overhead of a no-op .to()
+
+
+def fisher_scores(probes: list[FisherProbe]) -> list[tuple[float, float]]:
+    """(FI_orig, FI_new) of each probe that recorded, in float64, with one host sync for all."""
+    if not probes:
+        return []
+    tensors = [t for p in probes for t in p.parts()]
+    # one fused call instead of 3 × layers norms; accumulated in fp64 (fp32 squares of entries below
+    # 1e-19 would underflow to 0)
+    norms = torch.stack(torch._foreach_norm(tensors, 2, dtype=torch.float64)).reshape(-1, 3)
+    sq = norms.square()
+    factor = torch.tensor([p.n_samples if p.mode == "per_sample" else 1 for p in probes], dtype=torch.float64)
+    orig = (sq[:, 0] + sq[:, 1]).cpu() * factor
+    new = sq[:, 2].cpu() * factor
+    return list(zip(orig.tolist(), new.tolist(), strict=True))
+
+
+class _ProbedLoRA(torch.autograd.Function):
+    """The LoRA branch ``s · x Aᵀ Bᵀ`` of a test step, with a backward that also feeds the probe."""
 
     @staticmethod
-    def forward(ctx, y, x, v, b, k, probe):  # y [..., out]; x, v, b, k detached
-        ctx.save_for_backward(x, v, b, k)
+    def forward(ctx, x, a, b, k, scale, probe):  # x [..., in] -> [..., out], computed as the plain path
+        v = F.linear(x, a)  # [..., r]
+        if scale != 1.0:
+            v = v * scale
+        ctx.save_for_backward(x, v, a, b, k)
         ctx.probe = probe
-        return y.view_as(y)
+        return F.linear(v, b)
 
     @staticmethod
     def backward(ctx, g):  # g [..., out] = ∂L/∂h
-        x, v, b, k = ctx.saved_tensors
-        ctx.probe.add(g, x, v, b, k)
-        return g, None, None, None, None, None
+        x, v, a, b, k = ctx.saved_tensors
+        grad_x, grad_a, grad_b = ctx.probe.backward(g, x, v, a, b, k, ctx.needs_input_grad[0])
+        return grad_x, grad_a, grad_b, None, None, None
 
 
 class SeLoraLinear(nn.Module):
@@ -173,21 +209,20 @@ class SeLoraLinear(nn.Module):
         h = self.base_layer(x)  # [..., out]
         a, b = self.lora_A, self.lora_B
         xa = x if x.dtype == a.dtype else x.to(a.dtype)
-        v = F.linear(xa, a)  # [..., r]
-        if self.scale != 1.0:
-            v = v * self.scale
-        y = F.linear(v, b)  # [..., out]
         if self.probe is not None and torch.is_grad_enabled():
-            y = _FisherTap.apply(y, xa.detach(), v.detach(), b.detach(), self.candidate, self.probe)
-        return h + y.to(h.dtype)
+            y = _ProbedLoRA.apply(xa, a, b, self.candidate, self.scale, self.probe)
+        else:
+            v = F.linear(xa, a)  # [..., r]
+            if self.scale != 1.0:
+                v = v * self.scale
+            y = F.linear(v, b)  # [..., out]
+        return h + _as(y, h.dtype)
 
-    @torch.no_grad()
     def grown(self, k: torch.Tensor) -> tuple[nn.Parameter, nn.Parameter]:
         """New (A', B') = ([A; k], [B, 0]): the tested k appended to A, a zero column to B."""
-        a, b = self.lora_A, self.lora_B
-        a2 = torch.cat([a.detach(), k.to(a.device, a.dtype).reshape(1, -1)], dim=0)  # [r+1, in]
-        b2 = torch.cat([b.detach(), b.new_zeros(b.shape[0], 1)], dim=1)  # [out, r+1]
-        return nn.Parameter(a2), nn.Parameter(b2)
+        a, b = self.lora_A.detach(), self.lora_B.detach()
+        a2 = torch.cat([a, k.to(a.device, a.dtype).reshape(1, -1)], dim=0)  # [r+1, in]
+        return nn.Parameter(a2), nn.Parameter(F.pad(b, (0, 1)))  # B' [out, r+1]
 
     def set_factors(self, a: torch.Tensor, b: torch.Tensor) -> None:
         """Replace A and B (e.g. when loading a grown state); new Parameter objects if shapes differ."""

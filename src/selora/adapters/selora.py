@@ -42,9 +42,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from selora.adapters._selora_layer import FISHER_MODES, FisherProbe, SeLoraLinear, kaiming_rows
+from selora.adapters._selora_layer import FISHER_MODES, FisherProbe, SeLoraLinear, fisher_scores, kaiming_rows
 from selora.adapters.base import Adapter, linear_modules, register
 from selora.errors import ConfigError
 
@@ -106,9 +107,12 @@ class SeLoraAdapter(Adapter):
         self._armed: tuple[int, dict[tuple[str, str], FisherProbe]] | None = None
         self._rows: list[dict[str, Any]] = []
         self._check_optimizer = False
+        self._bounds: torch.Tensor | None = None  # [Σ in]: 1/√in of each layer's candidate entries
 
     # ---- set-up ------------------------------------------------------------------------------
     def attach(self, parts: Mapping[str, nn.Module], total_steps: int = 0) -> None:
+        """Wrap every selected ``nn.Linear`` of each part in place (``total_steps`` is not needed:
+        SeLoRA has no schedule); freeze every base parameter; convolutions stay as they are."""
         if self.parts:
             raise RuntimeError("SeLoRA adapter is already attached")
         chosen: dict[str, list[str]] = {}
@@ -162,10 +166,15 @@ class SeLoraAdapter(Adapter):
         self._disarm()
         if not self.is_test_step(step):
             return
+        # one Kaiming-uniform candidate per layer and test, capped or not, so that the stream of draws
+        # never depends on the ranks; one draw for all layers: U(0,1) → U(-1/√in, 1/√in)
+        if self._bounds is None:
+            self._bounds = torch.cat([torch.full((layer.in_features,), 1 / math.sqrt(layer.in_features),
+                                                 dtype=torch.float64) for layer in self.layers.values()])
+        u = torch.rand(self._bounds.shape, generator=self.generator, dtype=torch.float64)
+        ks = torch.split((u * 2 - 1) * self._bounds, [layer.in_features for layer in self.layers.values()])
         probes = {}
-        for key, layer in self.layers.items():
-            # one draw per layer and test, capped or not, so the stream never depends on the ranks
-            k = kaiming_rows(1, layer.in_features, self.generator, layer.lora_A.dtype)[0]  # [in]
+        for (key, layer), k in zip(self.layers.items(), ks, strict=True):
             if not self._capped(layer):
                 probes[key] = FisherProbe(self.cfg.fisher, self.cfg.scale)
                 layer.arm(k, probes[key])
@@ -180,12 +189,9 @@ class SeLoraAdapter(Adapter):
         """(FI_orig, FI_exp) per probed layer of the current test step (after its backward)."""
         if self._armed is None:
             return {}
-        _, probes = self._armed
-        keys = [k for k, p in probes.items() if p.d_a is not None]
-        if not keys:
-            return {}
-        both = torch.stack([probes[k].scores().to("cpu") for k in keys]).tolist()  # one sync
-        return {k: (o, o + n) for k, (o, n) in zip(keys, both, strict=True)}
+        keys = [k for k, p in self._armed[1].items() if p.d_a is not None]
+        scores = fisher_scores([self._armed[1][k] for k in keys])
+        return {k: (o, o + n) for k, (o, n) in zip(keys, scores, strict=True)}
 
     def after_optimizer_step(self, step: int, optimizer: torch.optim.Optimizer) -> None:
         if self._check_optimizer:
@@ -296,8 +302,8 @@ def replace_in_optimizer(optimizer: torch.optim.Optimizer, new_by_old_id: Mappin
     """Swap grown parameters into the optimiser at their positions and carry their state over.
 
     State tensors shaped like the old parameter are zero-padded to the new shape (old entries
-    bit-identical, new entries zero); other state (Adam's ``step``) is kept. A gradient still on the
-    old parameter is padded likewise so that hooks or logging between steps see consistent shapes.
+    bit-identical, new entries zero); other state (Adam's ``step``) is kept. The new parameters
+    start without ``.grad`` (the step's gradient was used; ``zero_grad`` comes next).
     """
     found = 0
     for group in optimizer.param_groups:
@@ -311,8 +317,6 @@ def replace_in_optimizer(optimizer: torch.optim.Optimizer, new_by_old_id: Mappin
             state = optimizer.state.pop(old, None)
             if state:
                 optimizer.state[new] = {k: _pad_like(v, old, new) for k, v in state.items()}
-            if old.grad is not None:
-                new.grad = _pad_like(old.grad, old, new)
     if found != len(new_by_old_id):
         raise RuntimeError(f"{len(new_by_old_id) - found} grown SeLoRA parameters are not in the optimiser: "
                            "build it from adapter.trainable_parameters()")
@@ -321,6 +325,7 @@ def replace_in_optimizer(optimizer: torch.optim.Optimizer, new_by_old_id: Mappin
 def _pad_like(value: Any, old: torch.Tensor, new: torch.Tensor) -> Any:
     if not torch.is_tensor(value) or value.shape != old.shape:
         return value
-    out = value.new_zeros(new.shape)
-    out[tuple(slice(0, n) for n in value.shape)] = value
-    return out
+    pad = []  # F.pad lists (before, after) from the last dimension backwards
+    for n_old, n_new in zip(reversed(value.shape), reversed(new.shape), strict=True):
+        pad += [0, n_new - n_old]
+    return F.pad(value, pad)
