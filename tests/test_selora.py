@@ -290,11 +290,19 @@ def test_expansion_preserves_layer_and_model_outputs(tiny_pipeline, cxr_batch):
     for key, layer in ad.layers.items():
         assert torch.equal(layer.lora_A[-1].detach(), cands[key])  # the tested k, not a new draw
         assert not layer.lora_B[:, -1].any()
-        torch.testing.assert_close(after[key], before[key], rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(after_pred, before_pred, rtol=1e-5, atol=1e-6)
+        assert_same_up_to_rounding(after[key], before[key], key)
+    assert_same_up_to_rounding(after_pred, before_pred, "U-Net output")
     with torch.no_grad():  # the adapter is live, so the comparison is not vacuous
         base_pred = unet_output({"unet": pipe.unet, "text_encoder": pipe.text_encoder}, batch)
     assert float((before_pred - base_pred).abs().max()) > 1e-4
+
+
+def assert_same_up_to_rounding(got: torch.Tensor, want: torch.Tensor, what) -> None:
+    """float32 equality up to a few ulps of the tensor's scale: the grown matmul sums one more (zero)
+    term, which may change the rounding of the larger terms of a sum, not just of its result."""
+    scale = float(want.abs().max())
+    diff = float((got - want).abs().max())
+    assert diff <= 1e-5 * scale + 1e-7, f"{what}: output changed by {diff:.2e} (scale {scale:.2e})"
 
 
 def unet_output(parts, batch) -> torch.Tensor:
