@@ -15,7 +15,9 @@ taken at the parameters of that forward (the optimiser step comes after the back
 them). A layer expands iff its candidate column got gradient (FI_new > 0), FI_exp / FI_orig ≥ λ and
 its rank is below the cap; expansion appends *the tested* k to A and a zero column to B **after**
 the optimiser step, so the model output does not change. A non-finite score (an fp16 overflow step
-that the GradScaler skips) never expands.
+that the GradScaler skips) never expands. The engine runs one forward and one backward per
+optimiser step; gradient accumulation over micro-batches on a test step would make the per-sample
+statistics pair up samples of different micro-batches.
 
 **Optimiser continuity: parameter replacement with state transfer.** On expansion a layer gets new
 ``nn.Parameter`` objects A' [r+1, in], B' [out, r+1]; in the optimiser's ``param_groups`` each old
