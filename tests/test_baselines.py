@@ -27,6 +27,7 @@ from torch import nn
 
 from selora.adapters import create_adapter, registered_methods
 from selora.adapters.adalora import AdaLoraAdapter
+from selora.adapters.base import linear_modules
 from selora.adapters.dylora import DyLoraAdapter
 from selora.adapters.lora import LoraAdapter
 from selora.config import load_params
@@ -36,6 +37,17 @@ METHODS = ("lora", "adalora", "dylora")
 STEPS = 30
 # AdaLoRA starts from E = 0 (ΔW = B·diag(E)·A), so it needs the largest step to move in 30 steps.
 LR = {"lora": 1e-3, "adalora": 1e-2, "dylora": 3e-3}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tensors this small run fastest on one thread; two intra-op threads on a busy 2-core machine
+    spin-wait and made these tests several times slower. Per test, so that session fixtures (the
+    pre-training) are built before it, with the default threads; restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def method_cfg(name: str, **changes):
@@ -111,6 +123,7 @@ def test_adalora_prunes_to_the_target_budget_by_the_end_of_its_schedule(runs):
     assert sum(ranks) == cfg.target_rank * n
     assert len(set(ranks)) > 1, "one global budget: layers end with different ranks"
     # Budget over time: allocations between tinit and total − tfinal, shrinking to the target.
+    assert (ada.tinit, ada.tfinal) == (round(cfg.tinit * STEPS), round(cfg.tfinal * STEPS))  # real schedule
     steps = sorted({row["step"] for row in run.history})
     budgets = [next(r["budget"] for r in run.history if r["step"] == s) for s in steps]
     assert steps[0] > ada.tinit and steps[-1] == STEPS - ada.tfinal
@@ -292,6 +305,18 @@ def test_lora_at_explicit_per_layer_ranks(tiny_pipeline):
         LoraAdapter.at_ranks({"unet": {"nope": 2}}, seed=0).attach(_small_parts(), 10)
     with pytest.raises(ConfigError, match=r"ranks\.unet\.0"):
         LoraAdapter.at_ranks({"unet": {"0": -1}}, seed=0)
+
+
+def test_lora_at_explicit_ranks_exports_what_it_computes(tiny_pipeline, tiny_base, tmp_path):
+    parts = tiny_parts(tiny_pipeline)
+    ranks = {p: {n: 1 + k % 4 for k, n in enumerate(linear_modules(m))} for p, m in parts.items()}
+    adapter = LoraAdapter.at_ranks(ranks, seed=0)
+    adapter.attach(parts, total_steps=1)
+    assert adapter.rank_map() == ranks
+    with torch.no_grad():  # as if trained: B ≠ 0
+        for layer in adapter.layers.values():
+            layer.lora_B["default"].weight.normal_(std=0.1)
+    assert_export_roundtrip(adapter, tiny_pipeline, parts, tiny_base["path"], tmp_path / "at-ranks")
 
 
 @pytest.mark.parametrize(("override", "key"), [
