@@ -162,6 +162,15 @@ def test_adalora_orthogonal_regulariser_is_part_of_the_loss(runs, tiny_pipeline,
     assert off.extra_loss() is None
 
 
+def test_adalora_at_its_target_rank_from_the_start_has_nothing_to_allocate(tiny_pipeline, batch):
+    parts = tiny_parts(tiny_pipeline)
+    ada = create_adapter("adalora", method_cfg("adalora", init_rank=2, target_rank=2, delta_t=1), seed=0)
+    ada.attach(parts, 8)
+    run_steps(ada, tiny_pipeline, parts, batch, 8, lr=LR["adalora"])  # peft alone fails: nothing to prune
+    assert {r for layers in ada.rank_map().values() for r in layers.values()} == {2}
+    assert ada.history() == []
+
+
 def _dylora(tiny_pipeline, mode: str) -> tuple[DyLoraAdapter, dict]:
     parts = tiny_parts(tiny_pipeline)
     adapter = create_adapter("dylora", method_cfg("dylora", mode=mode), seed=3)

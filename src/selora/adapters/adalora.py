@@ -13,6 +13,7 @@ keep the handle. Per optimiser step (:mod:`selora.adapters.base` hook order):
 ``tinit`` / ``tfinal`` are fractions of the real number of optimiser steps given to ``attach``.
 Each layer computes ΔW = B · diag(E) · A · alpha / (ranknum + 1e-5); the export folds E, the mask and
 the scale into the factors and drops pruned triplets, so the standard file has each layer's final rank.
+With ``target_rank == init_rank`` there is no budget to reallocate and the allocation is skipped.
 """
 
 from __future__ import annotations
@@ -43,8 +44,8 @@ KEYS = ("lora_A", "lora_E", "lora_B")
 def schedule_steps(cfg: Any, total_steps: int) -> tuple[int, int]:
     """(tinit, tfinal) in optimiser steps; tfinal ≥ 1 so the final allocation step is reached."""
     if total_steps < 3:
-        raise ConfigError(f"adalora: {total_steps} optimiser steps leave no room for budget allocation "
-                          "(need ≥ 3: warm-up, reduction, final)")
+        raise ConfigError(f"adalora: {total_steps} optimiser steps (setups.*.epochs / max_steps) leave no "
+                          "room for budget allocation (need ≥ 3: warm-up, reduction, final)")
     tinit = round(cfg.tinit * total_steps)
     tfinal = max(1, round(cfg.tfinal * total_steps))
     if tinit >= total_steps - tfinal:
