@@ -105,6 +105,11 @@ class Adapter(abc.ABC):
     def trainable_parameters(self) -> list[nn.Parameter]:
         """The parameters the optimiser updates, in a fixed order."""
 
+    def adapter_parameters(self) -> list[nn.Parameter]:
+        """Every parameter the method added, trainable or not (AdaLoRA's frozen ``ranknum``), so that
+        :meth:`parameter_table` does not count it as a base weight."""
+        return self.trainable_parameters()
+
     # ---- hooks around the optimiser step -----------------------------------------------------
     def before_forward(self, step: int) -> None:  # noqa: B027 - optional hook
         """Called before the forward pass of optimiser step ``step``."""
@@ -142,10 +147,11 @@ class Adapter(abc.ABC):
         part's base parameters, as the paper reports them (Section 4).
         """
         trainable_ids = {id(p) for p in self.trainable_parameters()}
+        adapter_ids = trainable_ids | {id(p) for p in self.adapter_parameters()}
         factors = self.factors()
         rows = []
         for part, module in self.parts.items():
-            base = sum(p.numel() for p in module.parameters() if id(p) not in trainable_ids)
+            base = sum(p.numel() for p in module.parameters() if id(p) not in adapter_ids)
             trainable = sum(p.numel() for p in module.parameters() if id(p) in trainable_ids)
             effective = sum(a.numel() + b.numel() for a, b in factors.get(part, {}).values())
             rows.append({

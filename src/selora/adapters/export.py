@@ -9,7 +9,13 @@ A trained adapter, whatever its method, is a set of per-layer low-rank factors. 
 - per-layer ranks in peft's ``rank_pattern`` / ``alpha_pattern``, keys anchored as ``^name$`` so
   one layer's name never matches another's suffix; stored as the adapter metadata in the
   safetensors header (diffusers ≥ 0.34 loads with it as is; older loaders read the rank from the
-  ``lora_B`` shape and are still right because the scale is folded).
+  ``lora_B`` shape and are still right because the scale is folded);
+- ``target_modules`` is one anchored regex of the exported names (peft matches a list by suffix,
+  which would also put a randomly initialised adapter on a left-out layer whose name ends with an
+  exported one, e.g. a layer AdaLoRA pruned to rank 0).
+
+Files are written to a temporary folder and renamed into place, so a killed export never leaves a
+half-written adapter behind.
 
 ``load_standard_lora`` reads such a file back into per-layer (A, B) factors (e.g. to resume SeLoRA).
 """
@@ -17,13 +23,18 @@ A trained adapter, whatever its method, is a set of per-layer low-rank factors. 
 from __future__ import annotations
 
 import json
+import os
 import re
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 
+from selora.io import ensure_writable_dir
+
 WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+RANKS_NAME = "ranks.json"
 PARTS = ("unet", "text_encoder")
 
 # component -> module qualified name (inside that component) -> (A [r, in], B [out, r])
@@ -46,7 +57,7 @@ def lora_config_dict(layers: Mapping[str, tuple[torch.Tensor, torch.Tensor]]) ->
         init_lora_weights=False,
     )
     out = cfg.to_dict()
-    out["target_modules"] = sorted(ranks)  # to_dict gives a set; keep it JSON-friendly
+    out["target_modules"] = "^(?:" + "|".join(re.escape(n) for n in sorted(ranks)) + ")$"  # exact names
     return out
 
 
@@ -54,8 +65,11 @@ def save_standard_lora(out_dir: str | Path, factors: Factors) -> Path:
     """Write ``out_dir/pytorch_lora_weights.safetensors`` (+ ``ranks.json``); returns the file."""
     from diffusers import StableDiffusionPipeline
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    unknown = sorted(set(factors) - set(PARTS))
+    if unknown:
+        raise ValueError(f"cannot export adapter factors of {', '.join(unknown)}: the standard LoRA file "
+                         f"holds only {', '.join(PARTS)}")
+    out_dir = ensure_writable_dir(out_dir)
     kwargs = {}
     for part in PARTS:
         layers = {n: ab for n, ab in factors.get(part, {}).items() if ab[0].shape[0] > 0}
@@ -71,9 +85,12 @@ def save_standard_lora(out_dir: str | Path, factors: Factors) -> Path:
         kwargs[f"{part}_lora_adapter_metadata"] = lora_config_dict(layers)
     if not kwargs:
         raise ValueError("nothing to export: every layer has rank 0")
-    StableDiffusionPipeline.save_lora_weights(out_dir, safe_serialization=True, **kwargs)
     ranks = {part: {n: int(a.shape[0]) for n, (a, _) in factors.get(part, {}).items()} for part in PARTS}
-    (out_dir / "ranks.json").write_text(json.dumps(ranks, indent=1, sort_keys=True) + "\n")
+    with tempfile.TemporaryDirectory(prefix=".export-", dir=out_dir) as tmp:
+        StableDiffusionPipeline.save_lora_weights(tmp, safe_serialization=True, **kwargs)
+        (Path(tmp) / RANKS_NAME).write_text(json.dumps(ranks, indent=1, sort_keys=True) + "\n")
+        for name in (WEIGHT_NAME, RANKS_NAME):
+            os.replace(Path(tmp) / name, out_dir / name)
     return out_dir / WEIGHT_NAME
 
 
