@@ -18,7 +18,7 @@ from selora.runlayout import RunId, grid, run_dir
 SETUP = "synthetic-cxr-32"
 METHOD_INDEX = {"lora": 0, "adalora": 1, "dylora": 2, "selora": 3}
 FID_BASE = {"lora": 10.0, "adalora": 20.0, "dylora": 12.0, "selora": 8.0}
-VARIANT_FID = {"threshold-1": 5.0, "threshold-1.3": 9.0, "test_interval-20": 7.0, "test_interval-80": 8.5}
+VARIANT_FID = {"threshold-1.0": 5.0, "threshold-1.3": 9.0, "test_interval-20": 7.0, "test_interval-80": 8.5}
 PERCENT = {"lora": (0.216, 0.803), "adalora": (0.3, 1.2), "dylora": (0.216, 0.803), "selora": (0.121, 0.368)}
 TEXT_MODULES = [
     f"text_model.encoder.layers.{i}.{m}"
@@ -369,7 +369,7 @@ def test_figures_are_drawn_from_the_logs(built):
     names = {Path(p).name for p in out["figures"]}
     for name in (
         f"ranks_{SETUP}_selora_default.png",
-        f"ranks_{SETUP}_selora_threshold-1.png",
+        f"ranks_{SETUP}_selora_threshold-1.0.png",
         f"rank_growth_{SETUP}.png",
         f"memory_{SETUP}.png",
         f"loss_{SETUP}.png",

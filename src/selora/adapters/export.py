@@ -61,6 +61,24 @@ def lora_config_dict(layers: Mapping[str, tuple[torch.Tensor, torch.Tensor]]) ->
     return out
 
 
+def canonical_header(path: Path) -> None:
+    """Sort the ``__metadata__`` keys of a safetensors file in place.
+
+    safetensors serialises the metadata from a hash map, so its key order (and the file's bytes)
+    changes from process to process; sorted, the same weights always give the same bytes (DVC
+    hashes, bit-identical resumed runs). Layout: 8-byte little-endian header length, the JSON
+    header padded with spaces to 8 bytes, then the tensor data, which is left untouched.
+    """
+    raw = path.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + n])
+    if "__metadata__" in header:
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    path.write_bytes(len(text).to_bytes(8, "little") + text + raw[8 + n:])
+
+
 def save_standard_lora(out_dir: str | Path, factors: Factors) -> Path:
     """Write ``out_dir/pytorch_lora_weights.safetensors`` (+ ``ranks.json``); returns the file."""
     from diffusers import StableDiffusionPipeline
@@ -88,6 +106,7 @@ def save_standard_lora(out_dir: str | Path, factors: Factors) -> Path:
     ranks = {part: {n: int(a.shape[0]) for n, (a, _) in factors.get(part, {}).items()} for part in PARTS}
     with tempfile.TemporaryDirectory(prefix=".export-", dir=out_dir) as tmp:
         StableDiffusionPipeline.save_lora_weights(tmp, safe_serialization=True, **kwargs)
+        canonical_header(Path(tmp) / WEIGHT_NAME)
         (Path(tmp) / RANKS_NAME).write_text(json.dumps(ranks, indent=1, sort_keys=True) + "\n")
         for name in (WEIGHT_NAME, RANKS_NAME):
             os.replace(Path(tmp) / name, out_dir / name)

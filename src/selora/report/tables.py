@@ -286,10 +286,13 @@ def quality_table(params: Params, col: Collected, setup: str) -> str:
 
 
 def _ablation_rows(params: Params, key: str) -> list[tuple[str, str]]:
+    """(label, variant) per ablation value, in value order: the listed values plus the base value
+    itself, whose runs are the main grid's selora runs (variant 'default')."""
     base = getattr(params.methods.selora, key)
+    values = sorted({*getattr(params.experiment.ablation, key), base})
     return [
         (f"{v:g}" if isinstance(v, float) else str(v), DEFAULT_VARIANT if v == base else variant_name(key, v))
-        for v in getattr(params.experiment.ablation, key)
+        for v in values
     ]
 
 
