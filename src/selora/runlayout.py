@@ -18,7 +18,8 @@ No timestamped folders. Each training run is identified by (setup, method, varia
                                     train_time_s, peak/mean memory, final rank map
         samples/
             images/*.png
-            manifest.jsonl          file_name, prompt, source_id, real_image, seed, k
+            manifest.jsonl          file_name (inside images/), prompt, source_id, real_image, labels,
+                                    seed, k
             summary.json
         metrics.json                FID 64/192/2048 (+ feature space), KID, CLIP score, finding accuracy
 

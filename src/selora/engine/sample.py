@@ -96,7 +96,7 @@ def sample(params: Params, run: RunId, *, data_dir: str | Path | None = None,
             for (i, k, row), seed, image in zip(batch, seeds, images, strict=True):
                 name = f"{i:05d}_{k}.png"
                 image.save(Path(tmp) / "images" / name)
-                manifest.append({"file_name": f"images/{name}", "prompt": row["text"],
+                manifest.append({"file_name": name, "prompt": row["text"],
                                  "source_id": row["source_id"], "real_image": row["path"],
                                  "labels": row.get("labels", {}), "seed": seed, "k": k})
         write_jsonl(Path(tmp) / "manifest.jsonl", manifest)
