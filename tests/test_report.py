@@ -59,7 +59,6 @@ def write_fake_run(folder: Path, run: RunId, real_images: list[Path]) -> None:
             "epoch": [s // EVERY for s in range(STEPS)],
             "loss": [0.1 + 0.5 * math.exp(-s / 50) + 0.01 * idx for s in range(STEPS)],
             "lr": 1e-4,
-            "wall_s": [0.5 * s for s in range(STEPS)],
         }
     ).to_csv(logs / "steps.csv", index=False)
     pd.DataFrame(

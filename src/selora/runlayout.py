@@ -7,9 +7,10 @@ No timestamped folders. Each training run is identified by (setup, method, varia
             adapter/best/pytorch_lora_weights.safetensors   standard LoRA file (best validation epoch)
             adapter/best/ranks.json                          part → module → rank
             adapter/last/...                                 the same for the last step
-            checkpoint/                                      full resumable state (atomic)
-            logs/steps.csv          step, epoch, loss, lr, wall_s
-            logs/validation.csv     epoch, step, val_loss, is_best
+            checkpoint/state.pt, checkpoint/best/            full resumable state (atomic) and the
+                                                             best adapter so far (published at the end)
+            logs/steps.csv          step, epoch, loss, lr          (no wall clock: kept bit-identical)
+            logs/validation.csv     epoch, step, val_loss, is_best (epoch -1 = the untouched base)
             logs/memory.csv         step, device, peak_mb        (every train.memory_every steps)
             logs/ranks.csv          step, part, module, rank, fi_ratio   (rank map over time)
             logs/parameters.csv     part, base_parameters, trainable_parameters, effective_parameters,

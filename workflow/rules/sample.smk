@@ -5,7 +5,7 @@ rule sample:
     input:
         data=f"{DATA}/prepared/{{setup}}",
         base=base_model_input(),
-        adapter=f"{RUN}/train/adapter/best/pytorch_lora_weights.safetensors",
+        adapter=f"{RUN}/train/adapter",
         summary=f"{RUN}/train/summary.json",
     output:
         directory(f"{RUN}/samples"),

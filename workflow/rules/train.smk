@@ -8,7 +8,8 @@ rule train:
         base=base_model_input(),
     output:
         summary=f"{RUN}/train/summary.json",
-        best=f"{RUN}/train/adapter/best/pytorch_lora_weights.safetensors",
+        adapter=directory(f"{RUN}/train/adapter"),
+        logs=directory(f"{RUN}/train/logs"),
     params:
         params=PARAMS_ARGS,
     log:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -308,7 +309,9 @@ def train(params: Params, run: RunId, *, data_dir: str | Path | None = None,
         is_best = draws is None or val < best
         if is_best:
             best, best_epoch = (val if draws is not None else best), epoch
-            export_adapter(adapter, out / "adapter" / "best", epoch=epoch, step=step,
+            # Kept inside the checkpoint folder until the run ends: Snakemake and DVC delete a
+            # failed job's outputs before retrying it, and the resumed run must still have it.
+            export_adapter(adapter, ckpt_dir / "best", epoch=epoch, step=step,
                            val_loss=val if draws is not None else None)
         logs.add("validation", epoch=epoch, step=step, val_loss=val, is_best=is_best)
         timing.append({"epoch": epoch, "wall_s": round(time.perf_counter() - t_epoch, 3)})
@@ -317,7 +320,9 @@ def train(params: Params, run: RunId, *, data_dir: str | Path | None = None,
         save_checkpoint()
     bar.close()
 
-    # 8. The end: last adapter, logs, parameters, summary.
+    # 8. The end: publish the best and last adapters, logs, parameters, summary.
+    with atomic_dir(out / "adapter" / "best") as tmp:
+        shutil.copytree(ckpt_dir / "best", tmp, dirs_exist_ok=True)
     export_adapter(adapter, out / "adapter" / "last", epoch=epochs - 1, step=step)
     logs.write(out / "logs")
     write_csv(out / "logs" / "parameters.csv", adapter.parameter_table(), PARAMETER_COLUMNS)

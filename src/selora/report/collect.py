@@ -37,7 +37,7 @@ METRIC_KEYS = (
     "n_generated",
 )
 LOGS = {
-    "steps": ("step", "epoch", "loss", "lr", "wall_s"),
+    "steps": ("step", "epoch", "loss", "lr"),
     "validation": ("epoch", "step", "val_loss", "is_best"),
     "memory": ("step", "device", "peak_mb"),
     "ranks": ("step", "part", "module", "rank", "fi_ratio"),
@@ -99,12 +99,11 @@ def _train_scalars(logs: dict[str, pd.DataFrame], summary: dict[str, Any]) -> di
     if steps is not None and len(steps):
         out["steps"] = int(steps["step"].max()) + 1
         out["final_loss"] = float(steps["loss"].iloc[-20:].mean())
-    out["train_time_s"] = summary.get(
-        "train_time_s", float(steps["wall_s"].max()) if steps is not None and len(steps) else None
-    )
+    out["train_time_s"] = summary.get("train_time_s")  # wall clock stays out of the (bit-identical) logs
     val = logs.get("validation")
     if val is not None and len(val):
-        out["best_val_loss"] = float(val["val_loss"].min())
+        trained = val[val["epoch"] >= 0]  # epoch -1 is the untouched base model
+        out["best_val_loss"] = float(trained["val_loss"].min()) if len(trained) else None
     mem = logs.get("memory")
     if mem is not None and len(mem):
         out["mem_mean_mb"] = float(mem["peak_mb"].mean())

@@ -1,0 +1,184 @@
+"""The workflow: Snakemake DAG (default, paper scale, SLURM profile), lint, bad params, DVC stages
+with the same outputs, and a real end-to-end run of a reduced embedded grid."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from selora.config import load_params
+from selora.runlayout import grid
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+ENV = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+
+
+def snakemake(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    cmd = [str(BIN / "snakemake"), "-s", str(ROOT / "Snakefile"), "--directory", str(cwd), *args]
+    return subprocess.run(cmd, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=timeout)
+
+
+def workdir(tmp: Path, *files: str) -> Path:
+    for name in ("params.yaml", *files):
+        shutil.copy(ROOT / name, tmp / name)
+    return tmp
+
+
+def job_counts(out: str) -> dict[str, int]:
+    block = out.split("Job stats:", 1)[1].split("\n\n", 1)[0]
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", block, re.M)}
+
+
+def snakemake_outputs(out: str) -> set[str]:
+    files = set()
+    for line in out.splitlines():
+        if line.strip().startswith("output:"):
+            files |= {f.strip() for f in line.split(":", 1)[1].split(",")}
+    return files
+
+
+def test_snakemake_lint_is_clean(tmp_path):
+    res = snakemake("--lint", cwd=workdir(tmp_path))
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "good condition" in res.stdout + res.stderr
+
+
+def test_dry_run_of_the_default_grid(tmp_path):
+    res = snakemake("-n", "--forceall", cwd=workdir(tmp_path))
+    assert res.returncode == 0, res.stderr
+    n = len(grid(load_params(ROOT / "params.yaml")))
+    counts = job_counts(res.stdout)
+    assert counts["train"] == counts["sample"] == counts["evaluate"] == n == 16
+    assert counts["report"] == counts["pretrain_base"] == counts["make_synthetic"] == 1
+
+
+@pytest.mark.parametrize("profile", [False, True], ids=["local", "slurm-profile"])
+def test_dry_run_of_the_paper_grid(tmp_path, profile):
+    wd = workdir(tmp_path, "params-paper.yaml")
+    for d in ("iu-xray", "montgomery", "patchgastric"):  # where the README says to unpack them
+        (wd / "data" / "raw" / d).mkdir(parents=True)
+    extra = ["--profile", str(ROOT / "slurm")] if profile else []
+    res = snakemake("-n", "-p", "--configfile", "params-paper.yaml", *extra, cwd=wd)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    counts = job_counts(res.stdout)
+    assert counts["train"] == 60 and counts["prepare"] == 4 and "pretrain_base" not in counts
+    # selora gets the params files in Snakemake's precedence order: the paper file wins.
+    assert re.search(r"selora train --params params\.yaml --params \S*params-paper\.yaml ", res.stdout)
+
+
+@pytest.mark.parametrize(
+    ("patch", "needle"),
+    [
+        ({"experiment": {"methods": ["lora", "bogus"]}}, "experiment"),
+        ({"methods": {"selora": {"threshold": "abc"}}}, "threshold"),
+        ({"setups": {"iu-xray-224": {"dataset": "iu-xray", "size": 224, "batch_size": 8, "epochs": 10,
+                                     "splits": {"train": 0.8, "validation": 0.16, "test": 0.04}}},
+          "experiment": {"setups": ["iu-xray-224"], "ablation": {"setups": ["iu-xray-224"]}}},
+         "datasets.iu-xray.raw"),
+    ],
+    ids=["unknown-method", "non-numeric-lambda", "dataset-without-raw"],
+)
+def test_bad_params_fail_before_any_job_naming_the_key(tmp_path, patch, needle):
+    wd = workdir(tmp_path)
+    (wd / "bad.yaml").write_text(yaml.safe_dump(patch))
+    res = snakemake("-n", "--configfile", "bad.yaml", cwd=wd)
+    assert res.returncode != 0
+    out = res.stdout + res.stderr
+    assert needle in out and "Job stats" not in out
+
+
+def dvc(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "dvc"), *args], cwd=cwd, env=ENV, capture_output=True, text=True,
+                          timeout=300)
+
+
+def dvc_outputs(cwd: Path) -> set[str]:
+    code = ("from dvc.repo import Repo; import json; r = Repo('.'); "
+            "print(json.dumps(sorted(str(o.def_path) for s in r.index.stages for o in s.outs)))")
+    res = subprocess.run([sys.executable, "-c", code], cwd=cwd, env=ENV, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr
+    return set(json.loads(res.stdout))
+
+
+def test_dvc_stages_and_snakemake_dag_produce_the_same_outputs(tmp_path):
+    wd = workdir(tmp_path, "dvc.yaml")
+    assert dvc("init", "--no-scm", "-q", cwd=wd).returncode == 0
+    stages = dvc("stage", "list", cwd=wd)
+    assert stages.returncode == 0, stages.stderr
+    assert dvc("dag", cwd=wd).returncode == 0
+    smk = snakemake("-n", "--forceall", cwd=wd)
+    assert smk.returncode == 0, smk.stderr
+    assert dvc_outputs(wd) == snakemake_outputs(smk.stdout)
+
+
+REDUCED = {  # the embedded grid, shrunk: one seed, one extra λ and t, a few steps
+    "synthetic": {"cxr": {"n_images": 120, "size": 32}},
+    "setups": {"synthetic-cxr-32": {"dataset": "synthetic-cxr", "size": 32, "batch_size": 8, "epochs": 2,
+                                    "splits": {"train": 0.7, "validation": 0.1, "test": 0.2}}},
+    "methods": {"selora": {"test_interval": 4}, "adalora": {"delta_t": 2}},
+    "train": {"checkpoint_every": 5, "memory_every": 5},
+    "sample": {"steps": 3},
+    "evaluate": {"reference_steps": 300, "min_finding_accuracy": 0.5, "kid_subset_size": 10},
+    "experiment": {"seeds": [0], "ablation": {"seeds": [0], "threshold": [1.3], "test_interval": [8]}},
+}
+
+
+@pytest.fixture(scope="module")
+def e2e(tmp_path_factory, synthetic_dirs, tiny_base):
+    """`snakemake --cores 2` on the reduced grid, reusing the session's synthetic data and
+    pre-trained miniature (copied in as already-built outputs, older data first)."""
+    wd = workdir(tmp_path_factory.mktemp("e2e"), "dvc.yaml")
+    full = load_params(ROOT / "params.yaml").raw
+    (wd / "params.yaml").write_text(yaml.safe_dump(_merge(full, REDUCED), sort_keys=False))
+    shutil.copytree(synthetic_dirs["natural"], wd / "data" / "synthetic" / "natural")
+    shutil.copytree(synthetic_dirs["cxr"], wd / "data" / "raw" / "synthetic-cxr")
+    shutil.copytree(tiny_base["path"], wd / "models" / "tiny-sd")
+    # Adopt the copies as built (in DAG order), the way a user adopts outputs made elsewhere.
+    touched = snakemake("--touch", "--cores", "1", "models/tiny-sd", cwd=wd)
+    assert touched.returncode == 0, touched.stderr
+    res = snakemake("--cores", "2", cwd=wd, timeout=900)
+    return wd, res
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+    return out
+
+
+def test_reduced_grid_runs_end_to_end_into_every_table_and_figure(e2e):
+    wd, res = e2e
+    assert res.returncode == 0, res.stderr[-4000:]
+    tables = {p.name for p in (wd / "results" / "tables").glob("*.md")}
+    assert {"quality_synthetic-cxr-32.md", "ablation_threshold.md", "ablation_test_interval.md",
+            "memory.md", "time.md", "parameters.md", "paper_vs_ours.md", "index.md"} <= tables
+    figures = {p.name for p in (wd / "results" / "figures").glob("*.png")}
+    for prefix in ("ranks_synthetic-cxr-32_selora", "rank_growth_", "memory_", "loss_", "qualitative_"):
+        assert any(f.startswith(prefix) for f in figures), (prefix, figures)
+    quality = (wd / "results" / "tables" / "quality_synthetic-cxr-32.md").read_text()
+    assert all(m in quality for m in ("LoRA", "AdaLoRA", "DyLoRA", "SeLoRA")) and "⚠" not in quality
+    again = snakemake("--cores", "2", cwd=wd)
+    assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_dvc_adopts_the_snakemake_outputs_and_is_up_to_date(e2e):
+    """DVC's stages cover exactly what Snakemake built: after `dvc commit` every stage is clean,
+    so `dvc repro` would do nothing (and `dvc push` can version the results)."""
+    wd, res = e2e
+    assert res.returncode == 0
+    assert dvc("init", "--no-scm", "-q", cwd=wd).returncode == 0
+    commit = dvc("commit", "--force", cwd=wd)
+    assert commit.returncode == 0, commit.stderr
+    status = dvc("status", "--quiet", cwd=wd)
+    assert status.returncode == 0, dvc("status", cwd=wd).stdout
