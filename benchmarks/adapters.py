@@ -22,8 +22,15 @@ miniature (CPU), in one run and on the same batches.
    the peak RSS of that window (Linux: heap trimmed and the kernel's peak mark reset first, so
    loading does not count); the RSS before the window and the increment are reported too.
 
-More methods: add a builder to ``METHODS`` (the registered ``lora`` / ``adalora`` / ``dylora``
-adapters can use :class:`AdapterTrainer` as SeLoRA does).
+4. *All four methods* (paper Tables 7/8): ``benchmarks/baselines.py``'s interleaved run of lora,
+   adalora, dylora and selora through the registry, on the same batches, LoRA at r = 4.
+
+The headline mappings compare each method with plain LoRA **at its own rank budget**: SeLoRA with
+LoRA at SeLoRA's final per-layer ranks (steps 1–3; the paper's Appendix D.2.1 comparison), AdaLoRA
+(6 → 4) and DyLoRA (4) with LoRA r = 4 (step 4); ``lora`` = 1.0. ``all_methods_vs_lora_r4`` keeps
+step 4's full result (SeLoRA included, against r = 4) and its Table 7/8 columns. The memory
+readings differ in kind (peak RSS of a window for SeLoRA, peak tensor memory for the baselines) and
+are ratios only against the LoRA of the same measurement.
 """
 
 from __future__ import annotations
@@ -43,11 +50,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import baselines  # the sibling script: benchmarks/ is on sys.path when this runs as a script
 import torch
+from baselines import check_inputs
 
 from selora.adapters import create_adapter
 from selora.config import SeLoraConfig
-from selora.errors import DatasetFormatError, MissingWeightsError, SeloraError
+from selora.errors import SeloraError
 from selora.io import Provenance, peak_rss_mb, write_json
 
 GOAL = 1.01
@@ -57,41 +66,15 @@ SELORA = SeLoraConfig(init_rank=1, threshold=1.1, test_interval=40, fisher="per_
 
 
 # ---- data and model ----------------------------------------------------------------------------
-def check_inputs(base: Path, data: Path) -> None:
-    if not (base / "model_index.json").is_file():
-        raise MissingWeightsError(f"--base {base}: no model_index.json; run `selora pretrain-base` (or "
-                                  "`make repro`) first, or pass --base /path/to/tiny-sd")
-    if not (data / "train" / "metadata.jsonl").is_file():
-        raise DatasetFormatError(f"--data {data}: no train/metadata.jsonl; run `selora make-synthetic` "
-                                 "first, or pass --data /path/to/synthetic-cxr")
-
-
 Batch = dict[str, torch.Tensor]
 
 
 def make_batches(base: Path, data: Path, steps: int, batch_size: int, seed: int) -> list[Batch]:
-    """One fixed batch per step: latents of the train images (VAE posterior mean), prompts, noise, t."""
+    """One fixed batch per step (the same batches baselines.py draws for the same seed)."""
     from diffusers import StableDiffusionPipeline
 
-    from selora.imagefolder import read_manifest
-    from selora.pretrain import encode, load_images, tokenize
-
     pipe = StableDiffusionPipeline.from_pretrained(base, safety_checker=None, requires_safety_checker=False)
-    rows = [r for r in read_manifest(data) if r["split"] == "train"]
-    if len(rows) < batch_size:
-        raise DatasetFormatError(f"--data {data}: {len(rows)} train images, fewer than the batch size")
-    size = pipe.unet.config.sample_size * pipe.vae_scale_factor
-    mean, _ = encode(pipe.vae, load_images(rows, size))
-    latents = mean * pipe.vae.config.scaling_factor  # [n, 4, h, w]
-    ids = tokenize(pipe.tokenizer, [r["text"] for r in rows])  # [n, 77]
-    gen = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(steps):
-        idx = torch.randperm(len(rows), generator=gen)[:batch_size]
-        out.append({"latents": latents[idx], "input_ids": ids[idx],
-                    "noise": torch.randn(latents[idx].shape, generator=gen),
-                    "timesteps": torch.randint(0, 1000, (batch_size,), generator=gen)})
-    return out
+    return baselines.make_batches(pipe, data, steps, batch_size, seed)
 
 
 def load_parts(base: Path) -> dict[str, torch.nn.Module]:
@@ -307,6 +290,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: steadiest timings)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--params", default="params.yaml", help="params file (baselines' method sections)")
+    ap.add_argument("--baseline-steps", type=int, default=80, help="steps per method in step 4")
     ap.add_argument("--memory-worker", help=argparse.SUPPRESS)
     ap.add_argument("--work", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -318,8 +303,24 @@ def main() -> None:
     except SeloraError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+    result = {**result, **all_methods(args, result)}
     write_json(args.out, result)
     print(json.dumps({k: v for k, v in result.items() if k in SUMMARY_KEYS}, indent=1))
+
+
+def all_methods(args: argparse.Namespace, selora_result: dict[str, Any]) -> dict[str, Any]:
+    """Step 4: every registered method against LoRA r = 4 (baselines.py), merged into the mappings."""
+    from selora.config import load_params
+
+    params = load_params(args.params)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    res = baselines.benchmark(Path(args.base), Path(args.data), args.baseline_steps, args.batch_size, 40,
+                              params, params.seed, device)
+    step = {"lora": 1.0, **{m: res["step_time_ratio_vs_lora"][m] for m in ("adalora", "dylora")},
+            "selora": selora_result["step_time_ratio_vs_lora"]["selora"]}
+    mem = {"lora": 1.0, **{m: res["peak_memory_ratio_vs_lora"][m] for m in ("adalora", "dylora")},
+           "selora": selora_result["peak_memory_ratio_vs_lora"]["selora"]}
+    return {"step_time_ratio_vs_lora": step, "peak_memory_ratio_vs_lora": mem, "all_methods_vs_lora_r4": res}
 
 
 SUMMARY_KEYS = ("step_time_ratio_vs_lora", "peak_memory_ratio_vs_lora", "selora_test_step_cost_ratio",

@@ -217,3 +217,16 @@ def test_gradient_checkpointing_keeps_text_encoder_adapters_training(tiny_base, 
     # B starts at zero (so A's first gradient is zero); every B must receive a gradient.
     b_grads = [p.grad for n, p in te_params.items() if "lora_B" in n]
     assert len(b_grads) == 12 and all(g.abs().sum() > 0 for g in b_grads)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_trains_on_the_device_at_hand(tiny_base, prepared, tmp_path, precision):
+    """The GPU options run end to end (here on the CPU: autocast + fp16 loss scaling)."""
+    params = load_params(None, [*engine_overrides(tiny_base["path"], tmp_path),
+                                f"train.mixed_precision={precision}", f"setups.{SETUP}.max_steps=4",
+                                "methods.selora.test_interval=2"])
+    run = RunId(SETUP, "selora", "default", 0)
+    summary = train(params, run, data_dir=prepared, progress=False)
+    steps = pd.read_csv(tmp_path / "runs" / run.relpath / "train" / "logs" / "steps.csv")
+    assert summary["steps"] == 4 and np.isfinite(steps.loss).all()
+    assert summary["run_config"]["train"]["mixed_precision"] == precision

@@ -34,8 +34,11 @@ A *variant* names a SeLoRA ablation point: ``default`` (params as given), ``thre
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from selora.config import Params
 from selora.errors import ConfigError
@@ -100,3 +103,23 @@ def grid(params: Params) -> list[RunId]:
                 for seed in abl.seeds:
                     runs.append(RunId(setup, "selora", variant_name(key, value), seed))
     return runs
+
+
+def run_config(params: Params, run: RunId) -> dict[str, Any]:
+    """Everything that decides a training run's result. A checkpoint or summary made with another
+    configuration is not resumed from or reused, and the workflow reruns the job when it changes."""
+    return {
+        "run": {"setup": run.setup, "method": run.method, "variant": run.variant, "seed": run.seed},
+        "base_model": params.raw["base_model"],
+        "setup": params.raw["setups"][run.setup],
+        "method": params.raw["methods"][run.method],
+        "train": {k: v for k, v in params.raw["train"].items() if k not in ("checkpoint_every", "threads")},
+    }
+
+
+def sample_config(params: Params, run: RunId) -> dict[str, Any]:
+    return {**run_config(params, run), "sample": params.raw["sample"]}
+
+
+def config_hash(cfg: Any) -> str:
+    return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:16]

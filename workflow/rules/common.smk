@@ -3,7 +3,7 @@ import shlex
 from pathlib import Path
 
 from selora.config import params_from_dict
-from selora.runlayout import grid
+from selora.runlayout import RunId, config_hash, grid, run_config, sample_config, variant_overrides
 
 # The same params files Snakemake merged into `config`, in its precedence order (the Snakefile's
 # `configfile:` first, then every --configfile), for every `selora` call (later files win there too).
@@ -31,6 +31,40 @@ wildcard_constraints:
     method="lora|adalora|dylora|selora",
     variant="default|threshold-[0-9.]+|test_interval-[0-9]+",
     seed="[0-9]+",
+
+
+def _run(wildcards):
+    params = params_from_dict(config, variant_overrides(wildcards.method, wildcards.variant))
+    return params, RunId(wildcards.setup, wildcards.method, wildcards.variant, int(wildcards.seed))
+
+
+def trained_on(wildcards):
+    """Hash of the params a training run depends on: Snakemake's `params` rerun trigger reruns
+    exactly the jobs whose hash changed when params.yaml is edited."""
+    return config_hash(run_config(*_run(wildcards)))
+
+
+def sampled_with(wildcards):
+    return config_hash(sample_config(*_run(wildcards)))
+
+
+def depends(*keys):
+    """A rule param hashing the config sections a phase depends on (`{setup}` is filled in)."""
+
+    def value(wildcards):
+        picked = {}
+        for key in keys:
+            node = config
+            for part in key.format(**dict(wildcards.items())).split("."):
+                node = node[part]
+            picked[key] = node
+        return config_hash(picked)
+
+    return value
+
+
+def dataset_of(wildcards):
+    return config["datasets"][config["setups"][wildcards.setup]["dataset"]]
 
 
 def base_model_input():

@@ -7,6 +7,7 @@ rule make_synthetic:
         cxr=directory(f"{DATA}/raw/synthetic-cxr"),
     params:
         params=PARAMS_ARGS,
+        depends=depends("seed", "synthetic"),
     log:
         f"{LOGS}/make_synthetic.log",
     threads: 1
@@ -28,6 +29,7 @@ rule prepare:
         directory(f"{DATA}/prepared/{{setup}}"),
     params:
         params=PARAMS_ARGS,
+        depends=lambda w: config_hash([config["seed"], config["setups"][w.setup], dataset_of(w)]),
     log:
         f"{LOGS}/prepare/{{setup}}.log",
     threads: 2

@@ -10,6 +10,7 @@ rule report:
         figures=directory(f"{RESULTS}/figures"),
     params:
         params=PARAMS_ARGS,
+        depends=depends("experiment"),
         results=lambda wildcards, output: str(Path(output.tables).parent),
     log:
         f"{LOGS}/report.log",

@@ -21,11 +21,11 @@ from tqdm import tqdm
 from selora.adapters.export import WEIGHT_NAME
 from selora.basemodel import load_pipeline
 from selora.config import Params
-from selora.engine.train import config_hash, resolve_device, run_config
+from selora.engine.train import resolve_device
 from selora.errors import DatasetFormatError, MissingWeightsError
 from selora.imagefolder import read_manifest
 from selora.io import Provenance, atomic_dir, write_json, write_jsonl
-from selora.runlayout import RunId, prepared_dir, run_dir
+from selora.runlayout import RunId, config_hash, prepared_dir, run_dir, sample_config
 
 SCHEDULERS = {
     "ddim": "DDIMScheduler",
@@ -34,10 +34,6 @@ SCHEDULERS = {
     "euler": "EulerDiscreteScheduler",
     "dpm": "DPMSolverMultistepScheduler",
 }
-
-
-def sample_config(params: Params, run: RunId) -> dict[str, Any]:
-    return {**run_config(params, run), "sample": params.raw["sample"]}
 
 
 def build_pipeline(params: Params, adapter_dir: Path, device: torch.device):

@@ -17,7 +17,6 @@ are the adapter's hooks (:mod:`selora.adapters.base`), so there is no ``if metho
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -47,7 +46,7 @@ from selora.engine.logs import RunLogs, write_csv
 from selora.errors import DatasetFormatError, SeloraError
 from selora.imagefolder import read_manifest
 from selora.io import Provenance, atomic_dir, write_json
-from selora.runlayout import RunId, prepared_dir, run_dir
+from selora.runlayout import RunId, config_hash, prepared_dir, run_config, run_dir
 
 PARAMETER_COLUMNS = ("part", "base_parameters", "trainable_parameters", "effective_parameters",
                      "trainable_percent", "effective_percent", "adapted_layers")
@@ -65,22 +64,6 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SeloraError(f"train.device is {name!r} but CUDA is not available on this machine")
     return device
-
-
-def run_config(params: Params, run: RunId) -> dict[str, Any]:
-    """Everything that decides this run's result; a checkpoint or summary from another config is
-    not resumed from or reused."""
-    return {
-        "run": {"setup": run.setup, "method": run.method, "variant": run.variant, "seed": run.seed},
-        "base_model": params.raw["base_model"],
-        "setup": params.raw["setups"][run.setup],
-        "method": params.raw["methods"][run.method],
-        "train": {k: v for k, v in params.raw["train"].items() if k not in ("checkpoint_every", "threads")},
-    }
-
-
-def config_hash(cfg: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def memory_mb(device: torch.device) -> float:
