@@ -230,3 +230,12 @@ def test_mixed_precision_trains_on_the_device_at_hand(tiny_base, prepared, tmp_p
     steps = pd.read_csv(tmp_path / "runs" / run.relpath / "train" / "logs" / "steps.csv")
     assert summary["steps"] == 4 and np.isfinite(steps.loss).all()
     assert summary["run_config"]["train"]["mixed_precision"] == precision
+
+
+def test_a_changed_config_retrains_instead_of_resuming_a_stale_checkpoint(tiny_base, prepared, tmp_path):
+    run = RunId(SETUP, "dylora", "default", 0)
+    base = [*engine_overrides(tiny_base["path"], tmp_path), f"setups.{SETUP}.max_steps=3"]
+    first = train(load_params(None, base), run, data_dir=prepared, progress=False)
+    second = train(load_params(None, [*base, "train.lr=1.0e-3"]), run, data_dir=prepared, progress=False)
+    assert second["config_hash"] != first["config_hash"] and second["steps"] == 3
+    assert second["run_config"]["train"]["lr"] == 1e-3

@@ -208,3 +208,24 @@ def test_changing_one_param_reruns_only_what_depends_on_it(e2e, change, expected
     counts.pop("all", None)
     counts.pop("total", None)
     assert counts == expected
+
+
+@pytest.mark.slow
+def test_dvc_repro_runs_the_reduced_grid(tmp_path, synthetic_dirs, tiny_base):
+    """`dvc repro` itself (not only its stage list) runs the reduced grid into the tables."""
+    wd = workdir(tmp_path, "dvc.yaml")
+    full = load_params(ROOT / "params.yaml").raw
+    (wd / "params.yaml").write_text(yaml.safe_dump(_merge(full, REDUCED), sort_keys=False))
+    shutil.copytree(synthetic_dirs["natural"], wd / "data" / "synthetic" / "natural")
+    shutil.copytree(synthetic_dirs["cxr"], wd / "data" / "raw" / "synthetic-cxr")
+    shutil.copytree(tiny_base["path"], wd / "models" / "tiny-sd")
+    assert dvc("init", "--no-scm", "-q", cwd=wd).returncode == 0
+    adopt = dvc("commit", "--force", "make_synthetic", "pretrain_base", cwd=wd)
+    assert adopt.returncode == 0, adopt.stderr
+    repro = subprocess.run([str(BIN / "dvc"), "repro"], cwd=wd, env=ENV, capture_output=True, text=True,
+                           timeout=1200)
+    assert repro.returncode == 0, repro.stdout[-3000:] + repro.stderr[-3000:]
+    assert (wd / "results" / "tables" / "quality_synthetic-cxr-32.md").is_file()
+    assert dvc("status", "--quiet", cwd=wd).returncode == 0
+    again = dvc("repro", cwd=wd)
+    assert again.returncode == 0 and "Stage 'train@" not in again.stdout  # nothing reran

@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -189,12 +190,13 @@ def train(params: Params, run: RunId, *, data_dir: str | Path | None = None,
     #     built on the restored parameters.
     ckpt_dir = out / "checkpoint"
     state = checkpoint.load(ckpt_dir)
+    if state is not None and state["config_hash"] != chash:
+        # The params changed since that checkpoint (e.g. the workflow reruns this job because a
+        # param it depends on was edited): its progress does not belong to this run.
+        print(f"discarding {ckpt_dir}: it was written with a different configuration", file=sys.stderr)
+        shutil.rmtree(ckpt_dir)
+        state = None
     if state is not None:
-        if state["config_hash"] != chash:
-            raise SeloraError(
-                f"{ckpt_dir} holds a checkpoint of a different configuration; delete that folder "
-                "to start this run over"
-            )
         adapter.load_state_dict(state["adapter"])
 
     # 4. Optimiser (Adam, Table 4), constant LR schedule, fp16 loss scaling.
