@@ -246,15 +246,19 @@ def _optional(params: Params, setup: str, runs: pd.DataFrame) -> tuple[bool, boo
     return clip, _has(runs, "finding_accuracy") or (not evaluated and labels)
 
 
+def grid_runs(params: Params, col: Collected, setups: list[str]) -> pd.DataFrame:
+    """The main grid's runs (default variant, the experiment's methods and seeds) of ``setups``:
+    ablation variants and runs left over from an earlier, larger grid stay out of the main tables."""
+    exp = params.experiment
+    r = col.runs
+    return r[(r.variant == DEFAULT_VARIANT) & r.method.isin(exp.methods) & r.seed.isin(exp.seeds)
+             & r.setup.isin(setups)]
+
+
 def quality_table(params: Params, col: Collected, setup: str) -> str:
     """Paper Tables 1/2 (224 px) and 5/6 (384 px): FID, CLIP, FID 64, FID 192 + KID, finding accuracy."""
     exp = params.experiment
-    runs = col.runs[
-        (col.runs.setup == setup)
-        & (col.runs.variant == DEFAULT_VARIANT)
-        & col.runs.method.isin(exp.methods)
-        & col.runs.seed.isin(exp.seeds)
-    ]
+    runs = grid_runs(params, col, [setup])
     s = params.setup(setup)
     paper = PAPER_TABLE.get((s.dataset, s.size))
     stand = STAND_IN.get(s.dataset)
@@ -353,12 +357,7 @@ def ablation_table(params: Params, col: Collected, key: str) -> str:
 def efficiency_table(params: Params, col: Collected, kind: str) -> str:
     """Paper Table 7 (average training memory) or Table 8 (training time); methods × setups."""
     exp = params.experiment
-    runs = col.runs[
-        (col.runs.variant == DEFAULT_VARIANT)
-        & col.runs.method.isin(exp.methods)
-        & col.runs.seed.isin(exp.seeds)
-        & col.runs.setup.isin(exp.setups)
-    ]
+    runs = grid_runs(params, col, exp.setups)
     if kind == "memory":
         title = "# Average training memory (paper Table 7)"
         spec = [
@@ -426,12 +425,7 @@ def efficiency_table(params: Params, col: Collected, kind: str) -> str:
 def parameters_table(params: Params, col: Collected) -> str:
     """Trainable parameters as % of the text encoder / U-Net (paper Section 4), per method."""
     exp = params.experiment
-    runs = col.runs[
-        (col.runs.variant == DEFAULT_VARIANT)
-        & col.runs.method.isin(exp.methods)
-        & col.runs.seed.isin(exp.seeds)
-        & col.runs.setup.isin(exp.setups)
-    ]
+    runs = grid_runs(params, col, exp.setups)
     lines = [
         "# Trainable parameters per method (paper Section 4)",
         "",
