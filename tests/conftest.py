@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -68,3 +69,14 @@ def tiny_pipeline(tiny_base):
                                                    requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tensors this small run fastest on one thread; two intra-op threads on a busy 2-core machine
+    spin-wait and made the adapter tests several times slower. Per test, so that session fixtures
+    (the pre-training) are built before it, with the default threads; restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -39,15 +39,7 @@ STEPS = 30
 LR = {"lora": 1e-3, "adalora": 1e-2, "dylora": 3e-3}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tensors this small run fastest on one thread; two intra-op threads on a busy 2-core machine
-    spin-wait and made these tests several times slower. Per test, so that session fixtures (the
-    pre-training) are built before it, with the default threads; restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def method_cfg(name: str, **changes):

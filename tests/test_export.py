@@ -16,16 +16,7 @@ from torch import nn
 from selora.adapters.base import linear_modules
 from selora.adapters.export import WEIGHT_NAME, load_standard_lora, lora_config_dict, save_standard_lora
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tensors this small run fastest on one thread; two intra-op threads on a busy 2-core machine
-    spin-wait and made these tests several times slower. Per test, so that session fixtures (the
-    pre-training) are built before it, with the default threads; restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _factors(layers: dict[str, nn.Linear], ranks: dict[str, int], seed: int, std: float = 0.1):
