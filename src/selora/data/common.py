@@ -78,11 +78,9 @@ def read_csv_rows(path: Path, required: Iterable[str]) -> Iterator[tuple[int, di
     skip just that row (:func:`has_undecodable`).
     """
     required = list(required)
+    opener = gzip.open if path.name.endswith(".gz") else open
     try:
-        if path.name.endswith(".gz"):
-            f = gzip.open(path, "rt", encoding="utf-8-sig", errors="surrogateescape", newline="")
-        else:
-            f = path.open(encoding="utf-8-sig", errors="surrogateescape", newline="")
+        f = opener(path, "rt", encoding="utf-8-sig", errors="surrogateescape", newline="")
     except OSError as exc:
         raise DatasetFormatError(f"cannot read {path}: {exc.strerror or exc}") from exc
     with f:

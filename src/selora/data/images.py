@@ -2,8 +2,9 @@
 
 Every image is decoded once, resized so its shortest side is ``size``, centre-cropped to
 ``size × size``, made 3-channel and written as PNG into a staging folder by a worker process; the
-parent only learns whether it worked. Results come back in input order with a bounded number in flight, so memory does not
-grow with the data set and the output does not depend on the number of workers.
+parent only learns whether it worked. Results come back in input order with a bounded number in
+flight, so memory does not grow with the data set and the output does not depend on the number of
+workers.
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ def process_image(job: tuple[str, int, str]) -> str | None:
         return "image file missing"
     try:
         save_png(preprocess(path, size), dest)
-    except Exception as exc:  # noqa: BLE001 - every decoder error means "unusable image"
+    except Exception as exc:  # every decoder error means "unusable image"
         return f"{type(exc).__name__}: {exc}"
     return None
 

@@ -39,8 +39,8 @@ def count_tokens(tokenizer: Any, texts: list[str], batch: int = 512) -> list[int
     """Token count of each prompt with the begin/end tokens, before any truncation."""
     out: list[int] = []
     for i in range(0, len(texts), batch):
-        ids = tokenizer(texts[i:i + batch], truncation=False, add_special_tokens=True, verbose=False)["input_ids"]
-        out.extend(len(x) for x in ids)
+        enc = tokenizer(texts[i:i + batch], truncation=False, add_special_tokens=True, verbose=False)
+        out.extend(len(x) for x in enc["input_ids"])
     return out
 
 
@@ -141,9 +141,10 @@ def to_markdown(report: dict[str, Any]) -> str:
         if report["excluded"] else ["none"]
     lines += ["", f"## Skipped records ({len(report['skipped'])})", ""]
     if report["skipped"]:
-        lines += _table(["reason", "count"], [[k, v] for k, v in report["skip_counts"].items()]) + [""]
+        lines += [*_table(["reason", "count"], [[k, v] for k, v in report["skip_counts"].items()]), ""]
         shown = report["skipped"][:MD_SKIP_LIMIT]
-        lines += _table(["record", "reason", "detail"], [[s["source"], s["reason"], s["detail"]] for s in shown])
+        rows = [[s["source"], s["reason"], s["detail"]] for s in shown]
+        lines += _table(["record", "reason", "detail"], rows)
         if len(report["skipped"]) > MD_SKIP_LIMIT:
             lines += ["", f"... and {len(report['skipped']) - MD_SKIP_LIMIT} more: see data_report.json"]
     else:

@@ -19,7 +19,8 @@ def collect(opts: PrepareOptions, log: SkipLog) -> tuple[list[Candidate], str]:
     raw = require_dir(opts.raw, "the synthetic CXR set (run `selora make-synthetic`)")
     manifests = [raw / s / MANIFEST for s in SPLITS if (raw / s / MANIFEST).is_file()]
     if not manifests:
-        raise DatasetFormatError(f"{raw}: no <split>/{MANIFEST}; is this the output of `selora make-synthetic`?")
+        raise DatasetFormatError(
+            f"{raw}: no <split>/{MANIFEST}; is this the output of `selora make-synthetic`?")
     out = []
     for manifest in manifests:
         try:
