@@ -46,6 +46,7 @@ def main() -> None:
         "matched_caption_loss": report["matched_caption_loss"],
         "shuffled_caption_loss": report["shuffled_caption_loss"],
         "colour_probe_accuracy": report["colour_probe_accuracy"],
+        "caption_probe": {k: report["caption_probe"][k] for k in ("colour", "shape", "position", "chance")},
         "provenance": prov.as_dict(),
     }
     write_json(args.out, result)

@@ -73,6 +73,7 @@ class TinyConfig:
     batch_size: int
     caption_dropout: float
     snr_gamma: float | None
+    offset_noise: float
     threads: int | None
 
     @property

@@ -26,5 +26,7 @@ def run(args: argparse.Namespace) -> int:
     report = pretrain_base(params, args.data, args.reports or None, out, progress=not args.quiet)
     print(f"tiny Stable Diffusion → {out}: VAE PSNR {report['vae_psnr_db']:.1f} dB, "
           f"loss matched/shuffled captions {report['matched_caption_loss']:.4f}/"
-          f"{report['shuffled_caption_loss']:.4f}, colour probe {report['colour_probe_accuracy']:.0%}")
+          f"{report['shuffled_caption_loss']:.4f}, colour probe {report['colour_probe_accuracy']:.0%}, "
+          f"caption probe colour/shape/position {report['caption_probe']['colour']:.0%}/"
+          f"{report['caption_probe']['shape']:.0%}/{report['caption_probe']['position']:.0%}")
     return 0
