@@ -9,6 +9,16 @@ min_version("9.0")
 configfile: "params.yaml"
 
 
+# `--config section='{key: value}'` reaches every job: Snakemake reads nested values as text, so they
+# are re-read as `selora --set KEY=VALUE` reads them, applied here and handed to every `selora` call
+# (common.smk), and so enter the rerun hashes too.
+from selora.config import apply_overrides
+from selora.dag import config_overrides
+
+OVERRIDES = config_overrides(workflow.config_settings.overwrite_config)
+config.update(apply_overrides(config, OVERRIDES))
+
+
 validate(config, "workflow/schemas/params.schema.yaml")
 
 
