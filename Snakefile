@@ -15,7 +15,7 @@ configfile: "params.yaml"
 from selora.config import apply_overrides
 from selora.dag import config_overrides
 
-OVERRIDES = config_overrides(workflow.config_settings.overwrite_config)
+OVERRIDES = config_overrides(workflow.config_settings.config)  # --config only, not --configfile
 config.update(apply_overrides(config, OVERRIDES))
 
 

@@ -288,7 +288,7 @@ def dvc_yaml(params_files: list[Path], snakefile: Path, out: Path) -> str:
             kind, entry = _dvc_outs(path)
             stage.setdefault(kind, []).append(entry)
         stages[job.stage_name] = stage
-    regen = "selora dvc-yaml" + "".join(f" --params {p}" for p in params_files[1:] or [])
+    regen = "selora dvc-yaml" + "".join(f" --configfile {p}" for p in params_files[1:])
     if out.as_posix() != "dvc.yaml":
         regen += f" --out {out.as_posix()}"
     header = (
