@@ -1,5 +1,7 @@
-"""The workflow: Snakemake DAG (default, paper scale, SLURM profile), lint, bad params, DVC stages
-with the same outputs, and a real end-to-end run of a reduced embedded grid."""
+"""The workflow: Snakemake DAG (default, paper scale, SLURM profile), lint, bad params, `--config`
+overrides, dvc.yaml generated from the Snakemake DAG (current, same jobs, same rerun decisions), a
+fresh clone that DVC accepts as it is, the conda env file, and a real end-to-end run of a reduced
+embedded grid."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import pytest
 import yaml
 
 from selora.config import load_params
+from selora.dag import parse_dry_run
 from selora.runlayout import grid
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -110,15 +113,137 @@ def dvc_outputs(cwd: Path) -> set[str]:
     return set(json.loads(res.stdout))
 
 
-def test_dvc_stages_and_snakemake_dag_produce_the_same_outputs(tmp_path):
-    wd = workdir(tmp_path, "dvc.yaml")
+def selora(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "selora"), *args], cwd=cwd, env=ENV, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.mark.parametrize("scale", ["default", "paper"])
+def test_committed_dvc_yaml_is_what_the_snakemake_dag_generates(scale):
+    """dvc.yaml is never edited by hand: `selora dvc-yaml` regenerates it from the Snakemake DAG."""
+    args = [] if scale == "default" else ["--configfile", "params-paper.yaml", "--out", "paper/dvc.yaml"]
+    res = selora("dvc-yaml", "--check", *args, cwd=ROOT)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def dvc_stages(cwd: Path, dvcfile: str = "dvc.yaml") -> dict[str, dict]:
+    """Every stage as DVC itself reads it: command, deps, params keys, outs (incl. metrics, plots)."""
+    code = ("from dvc.repo import Repo; import json, sys; r = Repo('.'); out = {}\n"
+            f"for s in r.stage.collect({dvcfile!r}):\n"
+            "    out[s.name] = {'cmd': s.cmd, 'wdir': s.wdir, 'deps': [str(d.def_path) for d in s.deps "
+            "if not hasattr(d, 'params')], 'params': {str(d.def_path): sorted(d.params) for d in s.deps "
+            "if hasattr(d, 'params')}, 'outs': [str(o.def_path) for o in s.outs]}\n"
+            "print(json.dumps(out))")
+    res = subprocess.run([sys.executable, "-c", code], cwd=cwd, env=ENV, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout)
+
+
+@pytest.mark.parametrize("scale", ["default", "paper"])
+def test_dvc_runs_exactly_the_snakemake_jobs(tmp_path, scale):
+    """Per job, both tools have the same command (Snakemake's without its log redirection), the same
+    inputs and the same outputs; DVC's params are the keys of the rerun hash (issue 13's examples:
+    `train.checkpoint_every` reruns neither, `base_model.revision` both), and the paper-scale DAG
+    has no miniature in it."""
+    wd = workdir(tmp_path, "params-paper.yaml")
+    shutil.copy(ROOT / "dvc.yaml", wd / "dvc.yaml")
+    (wd / "paper").mkdir()
+    shutil.copy(ROOT / "paper" / "dvc.yaml", wd / "paper" / "dvc.yaml")
     assert dvc("init", "--no-scm", "-q", cwd=wd).returncode == 0
-    stages = dvc("stage", "list", cwd=wd)
-    assert stages.returncode == 0, stages.stderr
-    assert dvc("dag", cwd=wd).returncode == 0
-    smk = snakemake("-n", "--forceall", cwd=wd)
+    extra = []
+    if scale == "paper":
+        extra = ["--configfile", "params-paper.yaml"]
+        for d in ("iu-xray", "montgomery", "patchgastric"):
+            (wd / "data" / "raw" / d).mkdir(parents=True)
+    # Enough cores that no rule's threads are capped (`--set train.threads={threads}` in the command).
+    smk = snakemake("-n", "-p", "--forceall", "--cores", "64", *extra, cwd=wd)
     assert smk.returncode == 0, smk.stderr
-    assert dvc_outputs(wd) == snakemake_outputs(smk.stdout)
+    jobs = [j for j in parse_dry_run(smk.stdout) if j.rule != "all"]
+    stages = dvc_stages(wd, "dvc.yaml" if scale == "default" else "paper/dvc.yaml")
+    assert sorted(stages) == sorted(j.stage_name for j in jobs)
+    params_file = "params.yaml" if scale == "default" else "params-paper.yaml"
+    for job in jobs:
+        stage = stages[job.stage_name]
+        assert job.command == f"{stage['cmd']} > {job.log} 2>&1", job.stage_name
+        assert stage["deps"] == job.inputs and stage["outs"] == job.outputs, job.stage_name
+        assert list(stage["params"]) in ([params_file], []), job.stage_name
+        keys = stage["params"].get(params_file, [])
+        if job.rule == "train":
+            assert "base_model" in keys and "train.lr" in keys
+            assert not any(k.startswith(("train.checkpoint_every", "train.threads", "sample")) for k in keys)
+    if scale == "paper":
+        assert not any("tiny-sd" in d for s in stages.values() for d in s["deps"] + s["outs"])
+        assert not any(name.startswith(("make_synthetic", "pretrain_base")) for name in stages)
+        assert {s["wdir"] for s in stages.values()} == {str(wd)}  # paths relative to the repository root
+
+
+def test_config_overrides_reach_every_selora_call_and_the_grid(tmp_path):
+    """`--config` takes Snakemake's top-level form (`section='{key: value}'`); every `selora` call
+    gets it as `--set KEY=VALUE` (so the jobs and their rerun hashes see it), and the grid follows."""
+    wd = workdir(tmp_path)
+    res = snakemake("-n", "-p", "--forceall", "--config", "methods={selora: {threshold: 1.2}}",
+                    "experiment={seeds: [0]}", cwd=wd)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    commands = [j.command for j in parse_dry_run(res.stdout) if j.command]
+    counts = job_counts(res.stdout)
+    assert len(commands) == counts["total"] - counts["all"]  # one per job
+    for cmd in commands:
+        assert "--set methods.selora.threshold=1.2 --set 'experiment.seeds=[0]'" in cmd, cmd
+    assert job_counts(res.stdout)["train"] == 4 + 4  # one seed; the ablation points stay
+    bad = snakemake("-n", "--config", "methods={selora: {threshold: abc}}", cwd=wd)
+    assert bad.returncode != 0 and "methods.selora.threshold" in bad.stdout + bad.stderr
+
+
+def test_a_fresh_clone_is_a_dvc_repository(tmp_path):
+    """What a new user gets from `git clone`: DVC needs no set-up, and both pipelines parse."""
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    clone = tmp_path / "clone"
+    res = subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    for args in (["status"], ["dag", "--dot"], ["dag", "--dot", "paper/dvc.yaml"], ["stage", "list"]):
+        out = dvc(*args, cwd=clone)
+        assert out.returncode == 0, (args, out.stdout[-2000:], out.stderr[-2000:])
+    assert "pretrain_base" in dvc("dag", "--dot", cwd=clone).stdout
+    assert "tiny-sd" not in dvc("dag", "--dot", "--outs", "paper/dvc.yaml", cwd=clone).stdout
+    for path in (".venv/x", ".snakemake/x", ".dvc/cache/x", ".dvc/tmp/x"):
+        assert subprocess.run(["git", "check-ignore", "-q", path], cwd=clone).returncode == 0, path
+    dvcignore = (clone / ".dvcignore").read_text()
+    assert all(p in dvcignore for p in (".venv/", ".snakemake/", "results/logs/"))
+
+
+def test_environment_yml_is_self_contained_and_pins_what_requirements_txt_pins():
+    """`snakemake --sdm conda` copies environment.yml alone: it may name no file beside it."""
+    from selora.envfile import pins, render
+
+    text = (ROOT / "environment.yml").read_text()
+    env = yaml.safe_load(text)
+    assert env["name"] == "selora" and "python=3.11" in env["dependencies"]
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    assert not any(p.startswith(("-r", "-e", "--", ".")) or "/" in p for p in pip)
+    assert pip == pins((ROOT / "requirements.txt").read_text())
+    assert text == render((ROOT / "requirements.txt").read_text()), "regenerate: python -m selora.envfile"
+
+
+def test_conda_rules_find_the_selora_cli_without_the_package_installed(tmp_path):
+    """With --sdm conda the per-rule env holds the pins but not the package: the rules' shell prefix
+    (common.smk) runs the checkout's source with the env's `python`. Checked with the system Python,
+    which has no `selora` (conda itself cannot be installed here, so the env build is not tested)."""
+    from selora.dag import conda_shell_prefix
+
+    system = Path("/usr/bin/python3")
+    if not system.exists():
+        pytest.skip("no system Python to stand in for a bare conda env")
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "HOME": str(tmp_path)}
+    (tmp_path / "python").symlink_to(system)
+    bare = subprocess.run(["python", "-c", "import selora"], cwd=tmp_path, env=env, capture_output=True)
+    assert bare.returncode != 0, "the stand-in env already has selora: a vacuous check"
+    prefix = conda_shell_prefix(ROOT / "src").format()  # as Snakemake formats it
+    res = subprocess.run(["bash", "-c", prefix + "type selora; selora dvc-yaml --help"], cwd=tmp_path,
+                         env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert "selora is a function" in res.stdout and "--configfile" in res.stdout
 
 
 REDUCED = {  # the embedded grid, shrunk: one seed, one extra λ and t, a few steps

@@ -112,6 +112,15 @@ def config_overrides(overwrite: Mapping[str, Any]) -> list[str]:
     return out
 
 
+def conda_shell_prefix(src: Path) -> str:
+    """Snakemake's shell prefix under ``--sdm conda``: the per-rule env has the pinned dependencies
+    but not this package (environment.yml cannot name the checkout it sits in), so ``selora`` runs
+    the checkout's source with the env's Python. Braces doubled: Snakemake formats the prefix."""
+    path = shlex.quote(str(src))
+    return (f'export PYTHONPATH={path}"${{{{PYTHONPATH:+:$PYTHONPATH}}}}"; '
+            'selora() {{ python -m selora "$@"; }}; ')
+
+
 # ----------------------------------------------------------------------------- the Snakemake DAG
 @dataclass
 class Job:
@@ -142,7 +151,8 @@ def parse_dry_run(text: str) -> list[Job]:
         job = jobs[-1]
         key, _, value = line.strip().partition(": ")
         if line.startswith("Shell command: "):
-            job.command = line.removeprefix("Shell command: ").strip()
+            command = line.removeprefix("Shell command: ").strip()
+            job.command = "" if command == "None" else command  # a target-only rule (`all`)
         elif not line.startswith("    "):
             continue
         elif key in ("input", "output"):
@@ -268,7 +278,7 @@ def dvc_yaml(params_files: list[Path], snakefile: Path, out: Path) -> str:
     keys = params_keys(jobs, cfg)
     params_file = params_files[-1]
     file_data = read_params_file(params_file)
-    root = snakefile.resolve().parent
+    root = Path.cwd().resolve()  # the working directory: where the stages' paths are relative to
     if not out.resolve().parent.is_relative_to(root):
         raise ConfigError(f"{out}: a dvc.yaml must lie inside the repository ({root})")
     wdir = Path(*[".."] * len(out.resolve().parent.relative_to(root).parts)).as_posix()

@@ -27,9 +27,7 @@ PARAMS_ARGS = " ".join(
 # dependencies but not this package (an env file cannot name the checkout it sits in): there,
 # `selora` runs this checkout's source.
 if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method:
-    _src = shlex.quote(str(Path(workflow.basedir) / "src"))
-    shell.prefix(f'export PYTHONPATH={_src}"${{PYTHONPATH:+:$PYTHONPATH}}"; '
-                 'selora() {{ python -m selora "$@"; }}; ')
+    shell.prefix(dag.conda_shell_prefix(Path(workflow.basedir) / "src"))
 
 # Cross-field checks (unknown setups, missing raw folders, ablation points) before any job starts.
 P = params_from_dict(config)
