@@ -112,6 +112,12 @@ def config_overrides(overwrite: Mapping[str, Any]) -> list[str]:
     return out
 
 
+def relative(path: str | Path) -> str:
+    """``path`` relative to the current folder when inside it (Snakemake absolutises --configfile)."""
+    path, cwd = Path(path).resolve(), Path.cwd().resolve()
+    return str(path.relative_to(cwd)) if path.is_relative_to(cwd) else str(path)
+
+
 def conda_shell_prefix(src: Path) -> str:
     """Snakemake's shell prefix under ``--sdm conda``: the per-rule env has the pinned dependencies
     but not this package (environment.yml cannot name the checkout it sits in), so ``selora`` runs

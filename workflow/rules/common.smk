@@ -11,14 +11,9 @@ from selora.runlayout import grid
 # The same params files Snakemake merged into `config`, in its precedence order (the Snakefile's
 # `configfile:` first, then every --configfile), for every `selora` call (later files win there too),
 # then every --config override (Snakefile) as `--set KEY=VALUE`.
-# Snakemake makes --configfile paths absolute; inside the working directory they are written relative,
-# so the commands (and dvc.yaml's) do not name the folder the workflow happened to run in.
-def _relative(path):
-    path = Path(path).resolve()
-    return str(path.relative_to(Path.cwd().resolve())) if path.is_relative_to(Path.cwd().resolve()) else str(path)
-
-
-PARAMS_FILES = ["params.yaml", *(_relative(p) for p in workflow.overwrite_configfiles)]
+# (Snakemake makes --configfile paths absolute; dag.relative writes them relative to the working
+# directory, so the commands, and dvc.yaml's, do not name the folder the workflow happened to run in.)
+PARAMS_FILES = ["params.yaml", *(dag.relative(p) for p in workflow.overwrite_configfiles)]
 PARAMS_ARGS = " ".join(
     [f"--params {shlex.quote(p)}" for p in PARAMS_FILES] + [f"--set {shlex.quote(o)}" for o in OVERRIDES]
 )
@@ -53,8 +48,9 @@ wildcard_constraints:
 
 
 def job_hash(rule):
-    """A rule param hashing what the rule's result depends on (selora.dag.JOB_CONFIGS): Snakemake's
-    `params` rerun trigger reruns exactly the jobs whose hash changed; dvc.yaml lists the same keys."""
+    """The hash of what a job's result depends on, as selora.dag.JOB_CONFIGS says, for `params`.
+    Snakemake's params rerun trigger reruns exactly the jobs whose hash changed; dvc.yaml lists
+    the same keys."""
     return lambda wildcards: dag.job_hash(rule, config, dict(wildcards.items()))
 
 
