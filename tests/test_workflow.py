@@ -262,9 +262,7 @@ REDUCED = {  # the embedded grid, shrunk: one seed, one extra λ and t, a few st
 def e2e(tmp_path_factory, synthetic_dirs, tiny_base):
     """`snakemake --cores 2` on the reduced grid, reusing the session's synthetic data and
     pre-trained miniature (copied in as already-built outputs, older data first)."""
-    wd = workdir(tmp_path_factory.mktemp("e2e"), "dvc.yaml")
-    full = load_params(ROOT / "params.yaml").raw
-    (wd / "params.yaml").write_text(yaml.safe_dump(_merge(full, REDUCED), sort_keys=False))
+    wd = reduced_workdir(tmp_path_factory.mktemp("e2e"))
     shutil.copytree(synthetic_dirs["natural"], wd / "data" / "synthetic" / "natural")
     shutil.copytree(synthetic_dirs["cxr"], wd / "data" / "raw" / "synthetic-cxr")
     shutil.copytree(tiny_base["path"], wd / "models" / "tiny-sd")
@@ -273,6 +271,54 @@ def e2e(tmp_path_factory, synthetic_dirs, tiny_base):
     assert touched.returncode == 0, touched.stderr
     res = snakemake("--cores", "2", cwd=wd, timeout=900)
     return wd, res
+
+
+def reduced_workdir(tmp: Path) -> Path:
+    """params.yaml with the REDUCED grid, and the dvc.yaml `selora dvc-yaml` generates for it."""
+    wd = workdir(tmp)
+    full = load_params(ROOT / "params.yaml").raw
+    (wd / "params.yaml").write_text(yaml.safe_dump(_merge(full, REDUCED), sort_keys=False))
+    gen = selora("dvc-yaml", "--snakefile", str(ROOT / "Snakefile"), cwd=wd)
+    assert gen.returncode == 0, gen.stderr
+    return wd
+
+
+@pytest.fixture(scope="module")
+def e2e_dvc(e2e):
+    """The Snakemake run's outputs adopted by DVC (`dvc commit`), once per module."""
+    wd, res = e2e
+    assert res.returncode == 0
+    if not (wd / ".dvc").exists():
+        assert dvc("init", "--no-scm", "-q", cwd=wd).returncode == 0
+        commit = dvc("commit", "--force", cwd=wd)
+        assert commit.returncode == 0, commit.stderr
+    return wd
+
+
+def dvc_reruns(wd: Path) -> dict[str, int]:
+    """Per rule, how many stages `dvc repro` would run: those `dvc status` reports changed, and
+    every stage downstream of them (a dependency inside a rerun stage's outputs)."""
+    status = dvc("status", "--json", cwd=wd)
+    assert status.returncode == 0, status.stderr
+    stages = yaml.safe_load((wd / "dvc.yaml").read_text())["stages"]
+
+    def outs(stage: dict) -> list[str]:
+        return [o if isinstance(o, str) else next(iter(o)) for k in ("outs", "metrics", "plots")
+                for o in stage.get(k, [])]
+
+    rerun = set(json.loads(status.stdout))
+    grew = True
+    while grew:
+        produced = [o for name in rerun for o in outs(stages[name])]
+        more = {name for name, st in stages.items() if name not in rerun and any(
+            d == o or d.startswith(o + "/") for d in st.get("deps", []) for o in produced)}
+        rerun |= more
+        grew = bool(more)
+    counts: dict[str, int] = {}
+    for name in rerun:
+        rule = name.split("-", 1)[0]
+        counts[rule] = counts.get(rule, 0) + 1
+    return counts
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -294,42 +340,64 @@ def test_reduced_grid_runs_end_to_end_into_every_table_and_figure(e2e):
     quality = (wd / "results" / "tables" / "quality_synthetic-cxr-32.md").read_text()
     assert all(m in quality for m in ("LoRA", "AdaLoRA", "DyLoRA", "SeLoRA"))
     assert "All configured runs are present." in quality
+    from huggingface_hub import ModelCard
+
+    adapters = wd / "results" / "runs" / "synthetic-cxr-32" / "selora" / "default" / "seed0" / "train"
+    adapters = adapters / "adapter"
+    for which in ("best", "last"):  # a model card beside each exported adapter
+        card = ModelCard.load(adapters / which / "README.md")
+        assert "selora" in card.data.tags and card.data.base_model is None  # the miniature: not on a hub
+    assert "best_val_loss" in (adapters / "best" / "README.md").read_text()
     again = snakemake("--cores", "2", cwd=wd)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
 
 
-def test_dvc_adopts_the_snakemake_outputs_and_is_up_to_date(e2e):
+def test_dvc_adopts_the_snakemake_outputs_and_is_up_to_date(e2e_dvc):
     """DVC's stages cover exactly what Snakemake built: after `dvc commit` every stage is clean,
     so `dvc repro` would do nothing (and `dvc push` can version the results)."""
-    wd, res = e2e
-    assert res.returncode == 0
-    assert dvc("init", "--no-scm", "-q", cwd=wd).returncode == 0
-    commit = dvc("commit", "--force", cwd=wd)
-    assert commit.returncode == 0, commit.stderr
+    wd = e2e_dvc
     status = dvc("status", "--quiet", cwd=wd)
     assert status.returncode == 0, dvc("status", cwd=wd).stdout
 
 
-@pytest.mark.parametrize(
-    ("change", "expected"),
-    [
-        ({"sample": {"steps": 5}}, {"sample": 6, "evaluate": 6, "report": 1}),
-        # The threshold-1.3 run sets λ itself, so only the runs that use the base λ retrain.
-        ({"methods": {"selora": {"threshold": 1.2}}}, {"train": 2, "sample": 2, "evaluate": 2, "report": 1}),
-    ],
-    ids=["sample.steps", "methods.selora.threshold"],
-)
-def test_changing_one_param_reruns_only_what_depends_on_it(e2e, change, expected):
-    wd, res = e2e
-    assert res.returncode == 0
+CHANGES = {  # one param changed → the jobs that must rerun (the reduced grid: 6 runs)
+    "sample.steps": ({"sample": {"steps": 5}}, {"sample": 6, "evaluate": 6, "report": 1}),
+    # The threshold-1.3 run sets λ itself, so only the runs that use the base λ retrain.
+    "methods.selora.threshold": ({"methods": {"selora": {"threshold": 1.2}}},
+                                 {"train": 2, "sample": 2, "evaluate": 2, "report": 1}),
+    # Issue 13: these two made only one of the tools rerun.
+    "train.checkpoint_every": ({"train": {"checkpoint_every": 7}}, {}),
+    "base_model.revision": ({"base_model": {"revision": "main"}},
+                            {"train": 6, "sample": 6, "evaluate": 6, "report": 1}),
+}
+
+
+def _config_arg(change: dict) -> str:
+    """The same change as Snakemake's `--config section='{...}'` argument (flow-style YAML)."""
+    (section, value), = change.items()
+    return f"{section}={yaml.safe_dump(value, default_flow_style=True).strip()}"
+
+
+@pytest.mark.parametrize("how", ["params.yaml", "--config"])
+@pytest.mark.parametrize("name", list(CHANGES))
+def test_changing_one_param_reruns_only_what_depends_on_it_in_both_tools(e2e_dvc, name, how):
+    """Snakemake (editing params.yaml or passing --config) and DVC (editing params.yaml) rerun
+    exactly the same jobs, and only those that depend on the param."""
+    wd = e2e_dvc
+    change, expected = CHANGES[name]
+    expected = {k: v for k, v in expected.items() if v}
     original = (wd / "params.yaml").read_text()
-    try:  # edit params.yaml in place, as a user would
-        (wd / "params.yaml").write_text(yaml.safe_dump(_merge(yaml.safe_load(original), change)))
-        dry = snakemake("-n", cwd=wd)
+    try:
+        if how == "params.yaml":  # edit params.yaml in place, as a user would
+            (wd / "params.yaml").write_text(yaml.safe_dump(_merge(yaml.safe_load(original), change)))
+            dry = snakemake("-n", cwd=wd)
+            assert dvc_reruns(wd) == expected
+        else:
+            dry = snakemake("-n", "--config", _config_arg(change), cwd=wd)
     finally:
         (wd / "params.yaml").write_text(original)
     assert dry.returncode == 0, dry.stderr
-    counts = job_counts(dry.stdout)
+    counts = job_counts(dry.stdout) if "Job stats:" in dry.stdout else {}
     counts.pop("all", None)
     counts.pop("total", None)
     assert counts == expected
@@ -338,9 +406,7 @@ def test_changing_one_param_reruns_only_what_depends_on_it(e2e, change, expected
 @pytest.mark.slow
 def test_dvc_repro_runs_the_reduced_grid(tmp_path, synthetic_dirs, tiny_base):
     """`dvc repro` itself (not only its stage list) runs the reduced grid into the tables."""
-    wd = workdir(tmp_path, "dvc.yaml")
-    full = load_params(ROOT / "params.yaml").raw
-    (wd / "params.yaml").write_text(yaml.safe_dump(_merge(full, REDUCED), sort_keys=False))
+    wd = reduced_workdir(tmp_path)
     shutil.copytree(synthetic_dirs["natural"], wd / "data" / "synthetic" / "natural")
     shutil.copytree(synthetic_dirs["cxr"], wd / "data" / "raw" / "synthetic-cxr")
     shutil.copytree(tiny_base["path"], wd / "models" / "tiny-sd")
@@ -350,7 +416,7 @@ def test_dvc_repro_runs_the_reduced_grid(tmp_path, synthetic_dirs, tiny_base):
     repro = subprocess.run([str(BIN / "dvc"), "repro"], cwd=wd, env=ENV, capture_output=True, text=True,
                            timeout=1200)
     assert repro.returncode == 0, repro.stdout[-3000:] + repro.stderr[-3000:]
-    assert "Running stage 'train@synthetic-cxr-32-selora-0'" in repro.stdout
+    assert "Running stage 'train-synthetic-cxr-32-selora-default-seed0'" in repro.stdout
     assert (wd / "results" / "tables" / "quality_synthetic-cxr-32.md").is_file()
     assert dvc("status", "--quiet", cwd=wd).returncode == 0
     again = dvc("repro", cwd=wd)
