@@ -17,7 +17,9 @@ from selora.dag import config_overrides
 
 OVERRIDES = config_overrides(workflow.config_settings.config)  # --config only, not --configfile
 config.update(apply_overrides(config, OVERRIDES))
-validate_raw(config)  # first the package's one-line errors that name the key (`methods.selora.threshold: ...`)
+# The package's validation first: one-line errors naming the key (`methods.selora.threshold: ...`),
+# and the config filled exactly as every `selora` call fills it.
+config.update(validate_raw(config))
 
 
 validate(config, "workflow/schemas/params.schema.yaml")

@@ -7,11 +7,12 @@ Snakemake's params rerun trigger) and ``selora dvc-yaml`` lists exactly the para
 it in each DVC stage. ``dvc.yaml`` is therefore *generated*, never written by hand:
 
     selora dvc-yaml                                                   # dvc.yaml from params.yaml
-    selora dvc-yaml --params params-paper.yaml --out paper/dvc.yaml   # the paper-scale pipeline
+    selora dvc-yaml --configfile params-paper.yaml --out paper/dvc.yaml   # the paper-scale pipeline
 
 It runs ``snakemake --dry-run --forceall --printshellcmds`` in an empty folder and turns every job
 into one DVC stage with the same command (minus Snakemake's log redirection), inputs, outputs and
-params. A new rule needs only an entry here; regenerating adds its stages.
+params. A new rule needs an entry here and ``depends=job_hash("<rule>")`` in its ``params:``;
+regenerating adds its stages (an unknown rule stops the generator, naming this table).
 
 It also turns ``snakemake --config key=value`` into ``selora --set`` overrides
 (:func:`config_overrides`), so an override reaches every job and its rerun hash.
