@@ -38,6 +38,8 @@ README_COMMANDS = {
     "dvc plots show": FAST,
     "dvc exp run -S methods.selora.threshold=1.3": "test_readme.py::test_dvc_experiments (slow)",
     "dvc exp show": f"{FAST}; test_readme.py::test_dvc_experiments (slow)",
+    "snakemake --cores 2 --config 'methods={selora: {threshold: 1.3}}' 'experiment={seeds: [0]}'":
+        "test_workflow.py::test_config_overrides_reach_every_selora_call_and_the_grid runs it with --dry-run",
     "snakemake --cores 4 --profile slurm --configfile params-paper.yaml":
         "needs SLURM: test_workflow.py::test_dry_run_of_the_paper_grid runs it with --dry-run",
     "dvc repro paper/dvc.yaml": "needs the paper's data and a GPU: this test runs `dvc dag paper/dvc.yaml` "

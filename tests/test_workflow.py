@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -182,14 +183,15 @@ def test_config_overrides_reach_every_selora_call_and_the_grid(tmp_path):
     """`--config` takes Snakemake's top-level form (`section='{key: value}'`); every `selora` call
     gets it as `--set KEY=VALUE` (so the jobs and their rerun hashes see it), and the grid follows."""
     wd = workdir(tmp_path)
-    res = snakemake("-n", "-p", "--forceall", "--config", "methods={selora: {threshold: 1.2}}",
-                    "experiment={seeds: [0]}", cwd=wd)
+    readme = "--cores 2 --config 'methods={selora: {threshold: 1.3}}' 'experiment={seeds: [0]}'"
+    assert f"snakemake {readme}" in (ROOT / "README.md").read_text()  # the README's command, dry run
+    res = snakemake(*shlex.split(readme), "-n", "-p", "--forceall", cwd=wd)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     commands = [j.command for j in parse_dry_run(res.stdout) if j.command]
     counts = job_counts(res.stdout)
     assert len(commands) == counts["total"] - counts["all"]  # one per job
     for cmd in commands:
-        assert "--set methods.selora.threshold=1.2 --set 'experiment.seeds=[0]'" in cmd, cmd
+        assert "--set methods.selora.threshold=1.3 --set 'experiment.seeds=[0]'" in cmd, cmd
     assert job_counts(res.stdout)["train"] == 4 + 4  # one seed; the ablation points stay
     bad = snakemake("-n", "--config", "methods={selora: {threshold: abc}}", cwd=wd)
     assert bad.returncode != 0 and "methods.selora.threshold" in bad.stdout + bad.stderr
