@@ -197,6 +197,22 @@ def test_config_overrides_reach_every_selora_call_and_the_grid(tmp_path):
     assert bad.returncode != 0 and "methods.selora.threshold" in bad.stdout + bad.stderr
 
 
+def test_params_yaml_rewritten_by_dvc_exp_run_still_loads(tmp_path):
+    """`dvc exp run -S` rewrites params.yaml with DVC's YAML 1.2 writer, which leaves
+    `mixed_precision: no` unquoted; PyYAML (selora, Snakemake) reads that as False. The package
+    takes the word back, so both tools still run on the rewritten file."""
+    from dvc.utils.serialize import modify_yaml
+
+    wd = workdir(tmp_path)
+    with modify_yaml(wd / "params.yaml") as data:  # what `-S methods.selora.threshold=1.3` does
+        data["methods"]["selora"]["threshold"] = 1.3
+    assert re.search(r"^\s*mixed_precision: no\b", (wd / "params.yaml").read_text(), re.M)
+    params = load_params(wd / "params.yaml")
+    assert params.train.mixed_precision == "no" and params.methods.selora.threshold == 1.3
+    res = snakemake("-n", cwd=wd)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+
+
 def test_a_fresh_clone_is_a_dvc_repository(tmp_path):
     """What a new user gets from `git clone`: DVC needs no set-up, and both pipelines parse."""
     if not (ROOT / ".git").exists():
