@@ -19,5 +19,5 @@ rule pretrain_base:
     conda:
         ENV
     shell:
-        "selora pretrain-base {params.params}{SET_ARGS} --quiet --data {input.natural} "
+        "selora pretrain-base {params.params} --quiet --data {input.natural} "
         "--reports {input.reports} --out {output} > {log} 2>&1"

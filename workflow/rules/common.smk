@@ -10,14 +10,15 @@ from selora.runlayout import grid
 
 # The same params files Snakemake merged into `config`, in its precedence order (the Snakefile's
 # `configfile:` first, then every --configfile), for every `selora` call (later files win there too),
-# then (SET_ARGS) every --config override (Snakefile) as `--set KEY=VALUE`.
+# then every --config override (Snakefile) as `--set KEY=VALUE`.
 # (Snakemake makes --configfile paths absolute; dag.relative writes them relative to the working
 # directory, so the commands, and dvc.yaml's, do not name the folder the workflow happened to run in.)
 PARAMS_FILES = ["params.yaml", *(dag.relative(p) for p in workflow.overwrite_configfiles)]
-PARAMS_ARGS = " ".join(f"--params {shlex.quote(p)}" for p in PARAMS_FILES)
-# The overrides go into the shell command but not into `params:`: a rule param is a rerun trigger of
-# its own, and an override must rerun only the jobs whose hash (`depends`) it changes.
-SET_ARGS = "".join(f" --set {shlex.quote(o)}" for o in OVERRIDES)
+# (Params are a rerun trigger of their own; while an override is given, every job's command
+# changes and Snakemake reruns it; `selora train` then reuses a finished run whose config is unchanged.)
+PARAMS_ARGS = " ".join(
+    [f"--params {shlex.quote(p)}" for p in PARAMS_FILES] + [f"--set {shlex.quote(o)}" for o in OVERRIDES]
+)
 
 # With --sdm conda each rule runs in a conda env built from environment.yml, which holds the pinned
 # dependencies but not this package (an env file cannot name the checkout it sits in): there,

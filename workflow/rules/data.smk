@@ -17,7 +17,7 @@ rule make_synthetic:
     conda:
         ENV
     shell:
-        "selora make-synthetic {params.params}{SET_ARGS} --quiet "
+        "selora make-synthetic {params.params} --quiet "
         "--natural-out {output.natural} --cxr-out {output.cxr} > {log} 2>&1"
 
 
@@ -39,4 +39,4 @@ rule prepare:
     conda:
         ENV
     shell:
-        "selora prepare {params.params}{SET_ARGS} --setup {wildcards.setup} --out {output} --quiet > {log} 2>&1"
+        "selora prepare {params.params} --setup {wildcards.setup} --out {output} --quiet > {log} 2>&1"

@@ -20,7 +20,7 @@ rule fit_reference:
     conda:
         ENV
     shell:
-        "selora evaluate {params.params}{SET_ARGS} --setup {wildcards.setup} --fit-reference "
+        "selora evaluate {params.params} --setup {wildcards.setup} --fit-reference "
         "--out {output} --quiet > {log} 2>&1"
 
 
@@ -44,5 +44,5 @@ rule evaluate:
     conda:
         ENV
     shell:
-        "selora evaluate {params.params}{SET_ARGS} --run-dir {params.run_dir} --reference {input.reference} "
+        "selora evaluate {params.params} --run-dir {params.run_dir} --reference {input.reference} "
         "--quiet > {log} 2>&1"

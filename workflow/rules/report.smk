@@ -21,4 +21,4 @@ rule report:
     conda:
         ENV
     shell:
-        "selora report {params.params}{SET_ARGS} --results {params.results} --strict --quiet > {log} 2>&1"
+        "selora report {params.params} --results {params.results} --strict --quiet > {log} 2>&1"

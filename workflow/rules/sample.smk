@@ -22,6 +22,6 @@ rule sample:
     conda:
         ENV
     shell:
-        "selora sample {params.params}{SET_ARGS} --setup {wildcards.setup} --method {wildcards.method} "
+        "selora sample {params.params} --setup {wildcards.setup} --method {wildcards.method} "
         "--variant {wildcards.variant} --seed {wildcards.seed} --set train.threads={threads} "
         "--quiet > {log} 2>&1"

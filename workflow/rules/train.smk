@@ -23,6 +23,6 @@ rule train:
     conda:
         ENV
     shell:
-        "selora train {params.params}{SET_ARGS} --setup {wildcards.setup} --method {wildcards.method} "
+        "selora train {params.params} --setup {wildcards.setup} --method {wildcards.method} "
         "--variant {wildcards.variant} --seed {wildcards.seed} --set train.threads={threads} "
         "--quiet > {log} 2>&1"
