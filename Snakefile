@@ -9,6 +9,19 @@ min_version("9.0")
 configfile: "params.yaml"
 
 
+# `--config section='{key: value}'` reaches every job: Snakemake reads nested values as text, so they
+# are re-read as `selora --set KEY=VALUE` reads them, applied here and handed to every `selora` call
+# (common.smk), and so enter the rerun hashes too.
+from selora.config import apply_overrides, validate_raw
+from selora.dag import config_overrides
+
+OVERRIDES = config_overrides(workflow.config_settings.config)  # --config only, not --configfile
+config.update(apply_overrides(config, OVERRIDES))
+# The package's validation first: one-line errors naming the key (`methods.selora.threshold: ...`),
+# and the config filled exactly as every `selora` call fills it.
+config.update(validate_raw(config))
+
+
 validate(config, "workflow/schemas/params.schema.yaml")
 
 

@@ -14,7 +14,14 @@ from adapter_checks import generate
 from torch import nn
 
 from selora.adapters.base import linear_modules
-from selora.adapters.export import WEIGHT_NAME, load_standard_lora, lora_config_dict, save_standard_lora
+from selora.adapters.export import (
+    CARD_NAME,
+    WEIGHT_NAME,
+    load_standard_lora,
+    lora_config_dict,
+    save_standard_lora,
+    write_model_card,
+)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -66,9 +73,14 @@ def test_file_carries_metadata_and_round_trips(tmp_path):
     assert sorted(p.name for p in path.parent.iterdir()) == ["pytorch_lora_weights.safetensors", "ranks.json"]
     with safe_open(str(path), "pt") as f:
         meta = json.loads(f.metadata()["lora_adapter_metadata"])
+        keys = set(f.keys())
     assert meta["unet.r"] == 3 and meta["unet.rank_pattern"] == {}
-    assert meta["text_encoder.rank_pattern"] == {r"^enc\.fc1$": 1} or meta["text_encoder.rank_pattern"] == {
-        r"^enc\.fc2$": 2}
+    # Text-encoder layers are named the way LoRA files in the wild name them (transformers 4):
+    assert "text_encoder.text_model.enc.fc1.lora_A.weight" in keys and "unet.a.to_q.lora_A.weight" in keys
+    assert not any(k.startswith("text_encoder.enc.") for k in keys)
+    # ... and the metadata patterns match the module names with and without text_model.
+    opt = r"(?:text_model\.)?"
+    assert meta["text_encoder.rank_pattern"] in ({rf"^{opt}enc\.fc1$": 1}, {rf"^{opt}enc\.fc2$": 2})
     assert json.loads((path.parent / "ranks.json").read_text()) == {
         "unet": {"a.to_q": 3, "a.to_k": 3, "b.ff.net.2": 0}, "text_encoder": {"enc.fc1": 1, "enc.fc2": 2}}
     back = load_standard_lora(path.parent)
@@ -93,6 +105,7 @@ def test_fresh_pipeline_with_load_lora_weights_reproduces_the_adapted_model(tiny
                                                                              tmp_path):
     """Reference: the factors merged into the weights by hand (W ← W + B A), no adapter code at all."""
     from diffusers import StableDiffusionPipeline
+    from safetensors import safe_open
 
     original = {"unet": tiny_pipeline.unet, "text_encoder": tiny_pipeline.text_encoder}
     parts = {k: copy.deepcopy(m) for k, m in original.items()}
@@ -121,3 +134,69 @@ def test_fresh_pipeline_with_load_lora_weights_reproduces_the_adapted_model(tiny
         loaded_images = generate(fresh, {"unet": fresh.unet, "text_encoder": fresh.text_encoder}, prompts)
     assert float(np.abs(loaded_images - merged).max()) <= 1e-4
     assert float(np.abs(merged - base).max()) > 0.05, "the factors changed nothing: a vacuous check"
+    # The same file with the transformers-5 naming (no text_model. level) loads to identical outputs.
+    with safe_open(str(tmp_path / "adapter" / WEIGHT_NAME), "pt") as f:
+        names = set(f.keys())
+    assert any(k.startswith("text_encoder.text_model.encoder.layers.") for k in names)
+    _rename_text_keys(tmp_path / "adapter" / WEIGHT_NAME, tmp_path / "flat", "text_encoder.text_model.",
+                      "text_encoder.")
+    other = StableDiffusionPipeline.from_pretrained(tiny_base["path"], safety_checker=None,
+                                                    requires_safety_checker=False)
+    other.load_lora_weights(str(tmp_path / "flat"))
+    with torch.no_grad():
+        other_images = generate(other, {"unet": other.unet, "text_encoder": other.text_encoder}, prompts)
+    assert np.array_equal(other_images, loaded_images)
+
+
+def _rename_text_keys(src, dest, old: str, new: str) -> None:
+    """A copy of an exported file with the text encoder's keys renamed (the other naming)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(src), "pt") as f:
+        meta = f.metadata()
+        names = list(f.keys())
+        state = {k.replace(old, new, 1): f.get_tensor(k) for k in names}
+    dest.mkdir(parents=True)
+    save_file(state, str(dest / WEIGHT_NAME), metadata=meta)
+
+
+def test_both_text_encoder_namings_load_back_to_the_same_factors(tmp_path):
+    layers = {"encoder.layers.0.mlp.fc1": nn.Linear(4, 7), "encoder.layers.0.mlp.fc2": nn.Linear(7, 4)}
+    factors = {"text_encoder": _factors(layers, {"encoder.layers.0.mlp.fc1": 2,
+                                                 "encoder.layers.0.mlp.fc2": 3}, seed=3)}
+    path = save_standard_lora(tmp_path / "wild", factors)
+    _rename_text_keys(path, tmp_path / "flat", "text_encoder.text_model.", "text_encoder.")
+    for folder in ("wild", "flat"):
+        back = load_standard_lora(tmp_path / folder)
+        assert set(back["text_encoder"]) == set(layers), folder  # this stack's module names
+        for name, (a, b) in back["text_encoder"].items():
+            assert torch.equal(a, factors["text_encoder"][name][0])
+            assert torch.equal(b, factors["text_encoder"][name][1])
+
+
+def test_model_card_describes_the_adapter_for_a_hub(tmp_path):
+    from huggingface_hub import ModelCard
+
+    factors = {"unet": _factors({"a.to_q": nn.Linear(8, 6), "a.to_k": nn.Linear(8, 6)},
+                                {"a.to_q": 3, "a.to_k": 1}, seed=4)}
+    save_standard_lora(tmp_path / "adapter", factors)
+    kwargs = dict(base_model="stable-diffusion-v1-5/stable-diffusion-v1-5", method="selora",
+                  hyperparameters={"threshold": 1.1, "test_interval": 40}, dataset="iu-xray",
+                  setup={"setup": "iu-xray-224", "size": 224}, training={"lr": 1.0e-4, "seed": 0},
+                  metrics={"best_val_loss": 0.125, "best_epoch": 3})
+    path = write_model_card(tmp_path / "adapter", **kwargs)
+    assert path == tmp_path / "adapter" / CARD_NAME
+    card = ModelCard.load(path)  # what huggingface_hub (and a hub upload) reads
+    assert card.data.base_model == "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    assert card.data.library_name == "diffusers" and {"lora", "selora"} <= set(card.data.tags)
+    text = card.text
+    assert "| unet | 2 of 2 | 1 | 3 | 3 | 4 |" in text  # ranks from ranks.json: min, median, max, total
+    assert "`threshold` | 1.1" in text and "iu-xray" in text and "`best_val_loss` | 0.125" in text
+    assert "load_lora_weights" in text
+    first = path.read_bytes()
+    write_model_card(tmp_path / "adapter", **kwargs)
+    assert path.read_bytes() == first  # deterministic: re-exports keep DVC hashes and resumes identical
+    local = write_model_card(tmp_path / "adapter", **{**kwargs, "base_model": "models/tiny-sd"},
+                             base_on_hub=False)
+    assert ModelCard.load(local).data.base_model is None  # not a hub id: not claimed as one

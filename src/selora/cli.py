@@ -22,6 +22,7 @@ PHASES: tuple[tuple[str, str, str], ...] = (
     ("sample", "sample", "generate the test prompts' images with a run's best adapter"),
     ("evaluate", "evaluate", "score one run's samples (FID 64/192/2048, KID, CLIP score, finding accuracy)"),
     ("report", "report", "aggregate all runs into results/tables/*.md and results/figures/*.png"),
+    ("dvc-yaml", "dvc_yaml", "write dvc.yaml from the Snakemake DAG (the same jobs, commands and params)"),
 )
 
 

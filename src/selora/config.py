@@ -308,6 +308,29 @@ def _hint(value: Any) -> str:
     return ""
 
 
+YAML11_BOOLS = {"no": False, "off": False, "n": False, "yes": True, "on": True, "y": True}
+
+
+def _yaml11_words(node: Any, schema: Mapping[str, Any]) -> Any:
+    """Undo YAML 1.1's ``no`` → False where the schema wants the word.
+
+    PyYAML (this package, Snakemake) reads a bare ``no`` as a boolean; YAML 1.2 writers leave it
+    bare (DVC's ``dvc exp run -S`` rewrites params.yaml so: ``mixed_precision: "no"`` comes back as
+    ``mixed_precision: no``). Where the schema's enum holds such a word and the value is the
+    boolean it reads as, the word is meant.
+    """
+    if isinstance(node, bool):
+        enum = schema.get("enum", [])
+        words = [w for w in enum if isinstance(w, str) and YAML11_BOOLS.get(w.lower()) is node]
+        return words[0] if len(words) == 1 else node
+    if isinstance(node, dict):
+        props = schema.get("properties", {})
+        extra = schema.get("additionalProperties")
+        return {k: _yaml11_words(v, props.get(k, extra if isinstance(extra, dict) else {}))
+                for k, v in node.items()}
+    return node
+
+
 def validate_raw(data: Mapping[str, Any]) -> dict[str, Any]:
     """Validate against the schema and return a deep copy with every default filled in."""
     import jsonschema
@@ -323,7 +346,7 @@ def validate_raw(data: Mapping[str, Any]) -> dict[str, Any]:
         yield from base.VALIDATORS["properties"](validator, properties, instance, schema_)
 
     filling = jsonschema.validators.extend(base, {"properties": fill_defaults})
-    data = copy.deepcopy(dict(data))
+    data = _yaml11_words(copy.deepcopy(dict(data)), schema)
     errors = sorted(filling(schema).iter_errors(data), key=lambda e: list(e.absolute_path))
     if errors:
         lines = [f"{_key_path(e.absolute_path)}: {e.message}{_hint(e.instance)}" for e in errors]

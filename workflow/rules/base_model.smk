@@ -9,7 +9,7 @@ rule pretrain_base:
         directory(f"{MODELS}/tiny-sd"),
     params:
         params=PARAMS_ARGS,
-        depends=depends("seed", "base_model.tiny"),
+        depends=job_hash("pretrain_base"),
     log:
         f"{LOGS}/pretrain_base.log",
     threads: 2

@@ -2,13 +2,29 @@
 import shlex
 from pathlib import Path
 
+from snakemake_interface_executor_plugins.settings import DeploymentMethod
+
+from selora import dag
 from selora.config import params_from_dict
-from selora.runlayout import RunId, config_hash, grid, run_config, sample_config, variant_overrides
+from selora.runlayout import grid
 
 # The same params files Snakemake merged into `config`, in its precedence order (the Snakefile's
-# `configfile:` first, then every --configfile), for every `selora` call (later files win there too).
-PARAMS_FILES = ["params.yaml", *(str(p) for p in workflow.overwrite_configfiles)]
-PARAMS_ARGS = " ".join(f"--params {shlex.quote(p)}" for p in PARAMS_FILES)
+# `configfile:` first, then every --configfile), for every `selora` call (later files win there too),
+# then every --config override (Snakefile) as `--set KEY=VALUE`.
+# (Snakemake makes --configfile paths absolute; dag.relative writes them relative to the working
+# directory, so the commands, and dvc.yaml's, do not name the folder the workflow happened to run in.)
+PARAMS_FILES = ["params.yaml", *(dag.relative(p) for p in workflow.overwrite_configfiles)]
+# (Params are a rerun trigger of their own; while an override is given, every job's command
+# changes and Snakemake reruns it; `selora train` then reuses a finished run whose config is unchanged.)
+PARAMS_ARGS = " ".join(
+    [f"--params {shlex.quote(p)}" for p in PARAMS_FILES] + [f"--set {shlex.quote(o)}" for o in OVERRIDES]
+)
+
+# With --sdm conda each rule runs in a conda env built from environment.yml, which holds the pinned
+# dependencies but not this package (an env file cannot name the checkout it sits in): there,
+# `selora` runs this checkout's source.
+if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method:
+    shell.prefix(dag.conda_shell_prefix(Path(workflow.basedir) / "src"))
 
 # Cross-field checks (unknown setups, missing raw folders, ablation points) before any job starts.
 P = params_from_dict(config)
@@ -33,38 +49,11 @@ wildcard_constraints:
     seed="[0-9]+",
 
 
-def _run(wildcards):
-    params = params_from_dict(config, variant_overrides(wildcards.method, wildcards.variant))
-    return params, RunId(wildcards.setup, wildcards.method, wildcards.variant, int(wildcards.seed))
-
-
-def trained_on(wildcards):
-    """Hash of the params a training run depends on: Snakemake's `params` rerun trigger reruns
-    exactly the jobs whose hash changed when params.yaml is edited."""
-    return config_hash(run_config(*_run(wildcards)))
-
-
-def sampled_with(wildcards):
-    return config_hash(sample_config(*_run(wildcards)))
-
-
-def depends(*keys):
-    """A rule param hashing the config sections a phase depends on (`{setup}` is filled in)."""
-
-    def value(wildcards):
-        picked = {}
-        for key in keys:
-            node = config
-            for part in key.format(**dict(wildcards.items())).split("."):
-                node = node[part]
-            picked[key] = node
-        return config_hash(picked)
-
-    return value
-
-
-def dataset_of(wildcards):
-    return config["datasets"][config["setups"][wildcards.setup]["dataset"]]
+def job_hash(rule):
+    """The hash of what a job's result depends on, as selora.dag.JOB_CONFIGS says, for `params`.
+    Snakemake's params rerun trigger reruns exactly the jobs whose hash changed; dvc.yaml lists
+    the same keys."""
+    return lambda wildcards: dag.job_hash(rule, config, dict(wildcards.items()))
 
 
 def base_model_input():

@@ -7,7 +7,7 @@ rule make_synthetic:
         cxr=directory(f"{DATA}/raw/synthetic-cxr"),
     params:
         params=PARAMS_ARGS,
-        depends=depends("seed", "synthetic"),
+        depends=job_hash("make_synthetic"),
     log:
         f"{LOGS}/make_synthetic.log",
     threads: 1
@@ -29,7 +29,7 @@ rule prepare:
         directory(f"{DATA}/prepared/{{setup}}"),
     params:
         params=PARAMS_ARGS,
-        depends=lambda w: config_hash([config["seed"], config["setups"][w.setup], dataset_of(w)]),
+        depends=job_hash("prepare"),
     log:
         f"{LOGS}/prepare/{{setup}}.log",
     threads: 2

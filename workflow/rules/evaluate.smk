@@ -9,7 +9,7 @@ rule fit_reference:
         directory(f"{RESULTS}/reference/{{setup}}"),
     params:
         params=PARAMS_ARGS,
-        depends=depends("seed", "evaluate", "setups.{setup}"),
+        depends=job_hash("fit_reference"),
     log:
         f"{LOGS}/fit_reference/{{setup}}.log",
     threads: 1
@@ -32,7 +32,7 @@ rule evaluate:
         f"{RUN}/metrics.json",
     params:
         params=PARAMS_ARGS,
-        depends=depends("evaluate"),
+        depends=job_hash("evaluate"),
         run_dir=lambda wildcards, output: str(Path(output[0]).parent),
     log:
         f"{LOGS}/evaluate/{{setup}}/{{method}}/{{variant}}/seed{{seed}}.log",

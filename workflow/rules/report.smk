@@ -10,7 +10,7 @@ rule report:
         figures=directory(f"{RESULTS}/figures"),
     params:
         params=PARAMS_ARGS,
-        depends=depends("experiment"),
+        depends=job_hash("report"),
         results=lambda wildcards, output: str(Path(output.tables).parent),
     log:
         f"{LOGS}/report.log",

@@ -11,7 +11,7 @@ rule sample:
         directory(f"{RUN}/samples"),
     params:
         params=PARAMS_ARGS,
-        depends=sampled_with,
+        depends=job_hash("sample"),
     log:
         f"{LOGS}/sample/{{setup}}/{{method}}/{{variant}}/seed{{seed}}.log",
     threads: TRAIN_THREADS

@@ -12,7 +12,7 @@ rule train:
         logs=directory(f"{RUN}/train/logs"),
     params:
         params=PARAMS_ARGS,
-        depends=trained_on,
+        depends=job_hash("train"),
     log:
         f"{LOGS}/train/{{setup}}/{{method}}/{{variant}}/seed{{seed}}.log",
     threads: TRAIN_THREADS

@@ -118,6 +118,22 @@ def export_adapter(adapter, dest: Path, **info: Any) -> None:
         write_json(Path(tmp) / "adapter.json", info)
 
 
+def card_adapters(params: Params, run: RunId, adapter_dir: Path, **metrics: Any) -> None:
+    """A model card (README.md) beside the best and last adapters: what a hub needs to list them."""
+    from selora.adapters.export import write_model_card
+
+    setup = params.raw["setups"][run.setup]
+    base = params.base_model.name
+    base = f"{params.paths.models}/tiny-sd" if base == "tiny" else base  # the embedded miniature
+    on_hub = params.base_model.name != "tiny" and not Path(base).exists()
+    train_cfg = {k: v for k, v in params.raw["train"].items() if k not in ("threads", "checkpoint_every")}
+    for which in ("best", "last"):
+        write_model_card(adapter_dir / which, base_model=base, method=run.method,
+                         hyperparameters=params.raw["methods"][run.method], dataset=setup["dataset"],
+                         setup={"setup": run.setup, **setup}, training={"seed": run.seed, **train_cfg},
+                         metrics=metrics if which == "best" else None, base_on_hub=on_hub)
+
+
 def train(params: Params, run: RunId, *, data_dir: str | Path | None = None,
           out_dir: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
     """Train one run; returns its summary. Resumes from ``train/checkpoint`` when present."""
@@ -309,6 +325,8 @@ def train(params: Params, run: RunId, *, data_dir: str | Path | None = None,
     with atomic_dir(out / "adapter" / "best") as tmp:
         shutil.copytree(ckpt_dir / "best", tmp, dirs_exist_ok=True)
     export_adapter(adapter, out / "adapter" / "last", epoch=epochs - 1, step=step)
+    card_adapters(params, run, out / "adapter", best_epoch=best_epoch,
+                  best_val_loss=best if draws is not None else None)
     logs.write(out / "logs")
     write_csv(out / "logs" / "parameters.csv", adapter.parameter_table(), PARAMETER_COLUMNS)
     memory = [r["peak_mb"] for r in logs.rows["memory"]]

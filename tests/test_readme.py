@@ -1,0 +1,190 @@
+"""Every command the README shows in a code block is one that a test or CI runs verbatim.
+
+README_COMMANDS lists each of them with where it runs; a command added to the README without an
+entry here fails the test. The DVC and generator commands run here, verbatim, in a fresh
+`git clone` of this checkout, as a new user would run them; the slow ones (`dvc repro`,
+`dvc exp run`) run verbatim in the slow tests below.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+ENV = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "PYTHONPATH": str(ROOT / "src")}
+
+FAST = "test_readme.py::test_readme_commands_run_verbatim_on_a_fresh_clone"
+README_COMMANDS = {
+    "make test": "CI: .ci/run (its only command)",
+    "make repro": "not in a test: the full embedded pipeline (≈ 15 min on 2 cores) via Snakemake; "
+                  "test_workflow.py runs the same Snakefile on a reduced grid, and `dvc repro` of the "
+                  "full default runs in test_readme.py::test_dvc_repro_on_a_fresh_clone (slow)",
+    "selora dvc-yaml": FAST,
+    "selora dvc-yaml --configfile params-paper.yaml --out paper/dvc.yaml": FAST,
+    "dvc repro": "test_readme.py::test_dvc_repro_on_a_fresh_clone (slow)",
+    "dvc status": FAST,
+    "dvc dag": FAST,
+    "dvc metrics show": FAST,
+    "dvc plots show": FAST,
+    "dvc exp run -S methods.selora.threshold=1.3": "test_readme.py::test_dvc_experiments (slow)",
+    "dvc exp show": f"{FAST}; test_readme.py::test_dvc_experiments (slow)",
+    "snakemake --cores 2 --config 'methods={selora: {threshold: 1.3}}' 'experiment={seeds: [0]}'":
+        "test_workflow.py::test_config_overrides_reach_every_selora_call_and_the_grid runs it with --dry-run",
+    "snakemake --cores 4 --profile slurm --configfile params-paper.yaml":
+        "needs SLURM: test_workflow.py::test_dry_run_of_the_paper_grid runs it with --dry-run",
+    "dvc repro paper/dvc.yaml": "needs the paper's data and a GPU: this test runs `dvc dag paper/dvc.yaml` "
+                                "(it parses) and test_workflow.py compares its jobs with Snakemake's",
+    "selora prepare --dataset iu-xray      --raw data/raw/iu-xray      --out data/prepared/iu-xray-224 "
+    "--views nlmcxr_tsne_pa.csv.gz": "needs the downloaded data set; test_prepare_iuxray.py runs its parser",
+    "selora prepare --dataset montgomery   --raw data/raw/montgomery   --out data/prepared/montgomery-224":
+        "needs the downloaded data set; test_prepare_montgomery.py runs its parser",
+    "selora prepare --dataset patchgastric --raw data/raw/patchgastric --out data/prepared/patchgastric-384 "
+    "--size 384": "needs the downloaded data set; test_prepare_patchgastric.py runs its parser",
+    "selora prepare --params params.yaml --setup iu-xray-384 --out data/prepared/iu-xray-384":
+        "needs the downloaded data set; test_prepare.py runs `selora prepare --params`",
+}
+
+
+def readme_commands() -> list[str]:
+    """The lines of the README's ```bash blocks (indented ones too), without trailing comments."""
+    commands, inside = [], False
+    for line in (ROOT / "README.md").read_text().splitlines():
+        text = line.strip()
+        if text.startswith("```"):
+            inside = text == "```bash" if not inside else False
+            continue
+        if inside and text:
+            commands.append(re.sub(r"\s+#\s.*$", "", text).strip())
+    return commands
+
+
+def test_every_readme_command_is_listed_with_where_it_runs():
+    shown = readme_commands()
+    assert shown, "no ```bash block found in README.md"
+    assert set(shown) == set(README_COMMANDS), (
+        f"in the README but not listed here: {sorted(set(shown) - set(README_COMMANDS))}; "
+        f"listed but gone from the README: {sorted(set(README_COMMANDS) - set(shown))}")
+
+
+def run(command: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(command, shell=True, cwd=cwd, env=ENV, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def fresh_clone(tmp_path: Path) -> Path:
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    clone = tmp_path / "clone"
+    res = subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    return clone
+
+
+def test_readme_commands_run_verbatim_on_a_fresh_clone(tmp_path):
+    """The generator commands leave the clone unchanged (the committed files are current), and the
+    DVC commands work with no set-up; `dvc exp show` too (it needs the git history)."""
+    clone = fresh_clone(tmp_path)
+    ran = [c for c, where in README_COMMANDS.items() if where.startswith(FAST)]
+    for command in ran:
+        res = run(command, clone)
+        assert res.returncode == 0, (command, res.stdout[-2000:], res.stderr[-2000:])
+    changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=clone,
+                             capture_output=True, text=True).stdout
+    assert changed == "", f"a README command changed committed files:\n{changed}"
+    paper = run("dvc dag --dot paper/dvc.yaml", clone)
+    assert paper.returncode == 0 and "train-iu-xray-224-lora-default-seed0" in paper.stdout, paper.stderr
+
+
+REDUCED = {  # a grid small enough for a real run in a few minutes
+    "synthetic": {"natural": {"n_images": 300}, "cxr": {"n_images": 120, "size": 32}},
+    "base_model": {"tiny": {"vae_steps": 30, "unet_steps": 30}},
+    "setups": {"synthetic-cxr-32": {"epochs": 1}},
+    "methods": {"selora": {"test_interval": 4}, "adalora": {"delta_t": 2}},
+    "train": {"checkpoint_every": 5, "memory_every": 5},
+    "sample": {"steps": 2},
+    "evaluate": {"reference_steps": 50, "min_finding_accuracy": 0.0, "kid_subset_size": 10},
+    "experiment": {"methods": ["lora", "selora"], "seeds": [0],
+                   "ablation": {"seeds": [0], "threshold": [1.3], "test_interval": []}},
+}
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+    return out
+
+
+@pytest.mark.slow
+def test_dvc_repro_on_a_fresh_clone(tmp_path):
+    """`dvc repro` verbatim on a fresh clone runs the embedded default end to end (≈ 15+ min on
+    2 cores); a second `dvc repro` runs nothing and `dvc status` is clean."""
+    clone = fresh_clone(tmp_path)
+    first = run("dvc repro", clone, timeout=3600)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert (clone / "results" / "tables" / "index.md").is_file()
+    again = run("dvc repro", clone)
+    assert again.returncode == 0 and "Running stage" not in again.stdout, again.stdout[-3000:]
+    assert run("dvc status --quiet", clone).returncode == 0
+
+
+@pytest.mark.slow
+def test_dvc_experiments(tmp_path):
+    """`dvc exp run -S methods.selora.threshold=1.3` (and a queued one) on a committed reduced grid:
+    the selora run folder is retrained with that λ, and `dvc exp show` lists its metrics."""
+    clone = fresh_clone(tmp_path)
+    params = _merge(yaml.safe_load((clone / "params.yaml").read_text()), REDUCED)
+    (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for command in ("selora dvc-yaml", "git -c user.name=t -c user.email=t@t commit -qam reduced",
+                    "dvc repro", "git add dvc.lock",
+                    "git -c user.name=t -c user.email=t@t commit -qm baseline"):
+        res = run(command, clone, timeout=1800)
+        assert res.returncode == 0, (command, res.stdout[-3000:], res.stderr[-3000:])
+    exp = run("dvc exp run -S methods.selora.threshold=1.3", clone, timeout=1800)
+    assert exp.returncode == 0, exp.stdout[-3000:] + exp.stderr[-3000:]
+    assert "Running stage 'train-synthetic-cxr-32-selora-default-seed0'" in exp.stdout
+    assert "Running stage 'train-synthetic-cxr-32-lora-default-seed0'" not in exp.stdout  # λ is selora's
+    run_dir = clone / "results" / "runs" / "synthetic-cxr-32" / "selora" / "default" / "seed0"
+    summary = json.loads((run_dir / "train" / "summary.json").read_text())
+    assert summary["run_config"]["method"]["threshold"] == 1.3
+    assert (run_dir / "metrics.json").is_file()
+    shown = run("dvc exp show", clone)
+    assert shown.returncode == 0, shown.stderr
+
+    def table() -> tuple[list[str], list[dict[str, str]]]:
+        rows = list(csv.DictReader(io.StringIO(run("dvc exp show --csv", clone).stdout)))
+        return list(rows[0]), rows
+
+    header, rows = table()
+    lam = next(c for c in header if c.endswith("methods.selora.threshold"))
+    assert "1.3" in {r[lam] for r in rows}
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert any(str(k) in c for k in metrics for c in header), header  # its metrics are listed
+    queued = run("dvc exp run --queue -S methods.selora.threshold=1.2", clone)
+    assert queued.returncode == 0, queued.stderr
+    started = run("dvc queue start", clone)
+    assert started.returncode == 0, started.stderr
+    deadline = time.monotonic() + 1800
+    while True:  # the queue's worker runs the experiment in a temporary copy of the commit
+        status = run("dvc queue status", clone).stdout
+        if not re.search(r"\b(Queued|Running)\b", status) or time.monotonic() > deadline:
+            break
+        time.sleep(10)
+    assert "Success" in status, status + run("dvc queue logs $(dvc queue status | awk 'NR==2{print $1}')",
+                                            clone).stdout[-3000:]
+    header, rows = table()
+    assert {"1.3", "1.2"} <= {r[lam] for r in rows}
+    shutil.rmtree(clone, ignore_errors=True)
