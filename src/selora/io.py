@@ -34,7 +34,7 @@ CHECKSUMS = "SHA256SUMS"  # `sha256sum -c SHA256SUMS` format, so a user can chec
 TMP_SUFFIX = ".tmp"
 # What atomic_path / atomic_dir / an adapter export leave behind when killed mid-write (the last
 # alternative: temporary folders of selora versions before temporary names ended in ".tmp").
-_LEFTOVER = re.compile(r"^\.(.+\.tmp|.+\.old-\d+|export-.+|.+\.[a-z0-9_]{8})$")
+_LEFTOVER = re.compile(r"^\.(.+\.tmp(\.\w+)?|.+\.old-\d+|export-.+|.+\.[a-z0-9_]{8})$")
 
 PROVENANCE_PACKAGES = (
     "selora", "torch", "torchvision", "diffusers", "transformers", "peft", "torchmetrics",
@@ -77,7 +77,8 @@ def atomic_path(dest: str | Path, suffix: str = "") -> Iterator[Path]:
     succeeds (a crash then leaves the old file or the complete new one, never a truncated one)."""
     dest = Path(dest)
     ensure_writable_dir(dest.parent)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=(suffix or "") + TMP_SUFFIX, dir=dest.parent)
+    # ``suffix`` stays last: writers such as matplotlib pick the format from the extension.
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=TMP_SUFFIX + suffix, dir=dest.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -131,7 +132,7 @@ def clean_leftovers(root: str | Path, of: str | None = None) -> list[Path]:
                 shutil.rmtree(path, ignore_errors=True)
                 dirs.remove(name)
             elif name in files:  # legacy random names are only ever folders
-                if not name.endswith(TMP_SUFFIX) and not name.startswith(".export-"):
+                if TMP_SUFFIX not in name and not name.startswith(".export-"):
                     continue
                 path.unlink(missing_ok=True)
             removed.append(path)
