@@ -94,7 +94,8 @@ def sample(params: Params, run: RunId, *, data_dir: str | Path | None = None,
         try:
             done = json.loads(summary_path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            done = {}
+            done = None  # a truncated summary: the samples are drawn again
+        done = done if isinstance(done, dict) else {}
         if (done.get("config_hash") == chash and done.get("adapter_sha256") == adapter_digest
                 and done.get("inputs") == inputs):
             return done
