@@ -365,11 +365,14 @@ def _three_runs(tiny_base_path: Path, data_a: Path, data_b: Path, tmp_path: Path
 def test_changed_data_retrains_instead_of_republishing_the_old_adapter(tiny_base, prepared, tmp_path, capsys):
     data_b = tmp_path / "prepared-b" / SETUP
     shutil.copytree(prepared, data_b)
-    images = sorted((data_b / "train").glob("*.png"))
-    shutil.copy(images[1], images[0])  # one training image replaced, same file names and manifest
+    from PIL import Image, ImageOps
+
+    for path in (data_b / "train").glob("*.png"):  # same names and manifest, every image mirrored
+        ImageOps.mirror(Image.open(path).convert("RGB")).save(path)
 
     a, b, c, dirty, clean = _three_runs(tiny_base["path"], prepared, data_b, tmp_path)
     assert outputs_digest(dirty) == outputs_digest(clean)
+    assert a["best_val_loss"] != b["best_val_loss"]  # the old adapter would not be equal
     assert a["config_hash"] == b["config_hash"] and a["identity_hash"] != b["identity_hash"]
     assert b["identity"]["data"] != a["identity"]["data"] and b["identity_hash"] == c["identity_hash"]
     assert "data changed" in capsys.readouterr().err

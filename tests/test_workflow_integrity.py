@@ -22,6 +22,7 @@ SHORT = {"setups": {SETUP: {"max_steps": 3}}, "train": {"checkpoint_every": 2}}
 
 
 def _workdir(tmp: Path, synthetic_dirs, tiny_base) -> Path:
+    tmp.mkdir()
     wd = workdir(tmp, "dvc.yaml")
     full = load_params(ROOT / "params.yaml").raw
     (wd / "params.yaml").write_text(yaml.safe_dump(_merge(_merge(full, REDUCED), SHORT), sort_keys=False))
@@ -37,11 +38,14 @@ def _adapter_digest(run_dir: Path) -> str:
     return hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()
 
 
-def _change_one_training_image(wd: Path) -> None:
-    """Same file names and manifest, other pixels (a re-preparation from corrected raw data)."""
+def _change_the_training_images(wd: Path) -> None:
+    """Same file names and manifest, other pixels (a re-preparation from corrected raw data):
+    every training image mirrored, so whichever batches the short run draws see the change."""
+    from PIL import Image, ImageOps
+
     prepared = wd / "data" / "prepared" / SETUP
-    images = sorted((prepared / "train").glob("*.png"))
-    shutil.copy(images[1], images[0])
+    for path in sorted((prepared / "train").glob("*.png")):
+        ImageOps.mirror(Image.open(path).convert("RGB")).save(path)
     for stamp in (prepared / ".snakemake_timestamp", prepared):  # what Snakemake reads as its mtime
         if stamp.exists():
             os.utime(stamp)
@@ -67,7 +71,7 @@ def test_snakemake_rerun_after_the_data_changed_retrains(tmp_path, synthetic_dir
     assert first.returncode == 0, first.stderr[-3000:]
     old = _adapter_digest(wd / RUN)
 
-    _change_one_training_image(wd)
+    _change_the_training_images(wd)
     again = snakemake("--cores", "1", target, cwd=wd, timeout=900)
     assert again.returncode == 0, again.stderr[-3000:]
     assert job_counts(again.stdout + again.stderr).get("train") == 1
@@ -91,7 +95,7 @@ def test_dvc_repro_after_the_data_changed_retrains(tmp_path, synthetic_dirs, tin
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     old = _adapter_digest(wd / RUN)
 
-    _change_one_training_image(wd)
+    _change_the_training_images(wd)
     adopt = dvc("commit", "--force", f"prepare@{SETUP}", cwd=wd)  # the new preparation, adopted
     assert adopt.returncode == 0, adopt.stderr
     again = subprocess.run([str(BIN / "dvc"), "repro", stage], cwd=wd, env=ENV, capture_output=True,
