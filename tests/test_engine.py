@@ -18,6 +18,7 @@ import torch
 import yaml
 
 from selora.config import METHOD_NAMES, load_params
+from selora.engine import checkpoint
 from selora.engine.sample import sample
 from selora.engine.train import TrainingDiverged, train
 from selora.runlayout import RunId
@@ -189,7 +190,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
     with pytest.raises(TrainingDiverged, match="last good checkpoint") as err:
         train(params, run, data_dir=prepared, progress=False)
     ckpt = tmp_path / "runs" / run.relpath / "train" / "checkpoint" / "state.pt"
-    state = torch.load(ckpt, weights_only=True)
+    state = checkpoint.read(ckpt)
     assert f"at step {state['step']} " in str(err.value)  # the checkpoint is the step before the NaN
     assert all(np.isfinite(r["loss"]) for r in state["logs"]["steps"])
 

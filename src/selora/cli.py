@@ -2,7 +2,9 @@
 
 Each phase lives in ``selora.commands.<name>`` with ``add_arguments(parser)`` and ``run(args)``;
 modules are imported lazily so ``selora --help`` stays fast. Errors that mean bad input
-(:class:`selora.errors.SeloraError`) print one clear line and exit with status 2.
+(:class:`selora.errors.SeloraError`) print one clear line and exit with status 2; an operating
+system error (disk full, permission denied, a file vanishing under a job) prints one line naming
+the file and exits with status 1, so a cluster log shows the cause rather than a traceback.
 """
 
 from __future__ import annotations
@@ -57,6 +59,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SeloraError as exc:
         print(f"selora {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"selora {args.command}: error:{where} {exc.strerror or exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"selora {args.command}: interrupted", file=sys.stderr)
         return 130

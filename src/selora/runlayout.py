@@ -7,8 +7,12 @@ No timestamped folders. Each training run is identified by (setup, method, varia
             adapter/best/pytorch_lora_weights.safetensors   standard LoRA file (best validation epoch)
             adapter/best/ranks.json                          part → module → rank
             adapter/last/...                                 the same for the last step
-            checkpoint/state.pt, checkpoint/best/            full resumable state (atomic) and the
-                                                             best adapter so far (published at the end)
+            checkpoint/state.pt, checkpoint/best/            full resumable state (atomic, with its
+                                                             checksum; state.prev.pt: the one before)
+                                                             and the best adapter so far (published
+                                                             at the end); every adapter folder has a
+                                                             SHA256SUMS written last
+            quarantine/<time>-<pid>/                         corrupt checkpoint files moved aside
             logs/steps.csv          step, epoch, loss, lr          (no wall clock: kept bit-identical)
             logs/validation.csv     epoch, step, val_loss, is_best (epoch -1 = the untouched base)
             logs/memory.csv         step, device, peak_mb        (every train.memory_every steps)
@@ -114,6 +118,61 @@ def run_config(params: Params, run: RunId) -> dict[str, Any]:
         "setup": params.raw["setups"][run.setup],
         "method": params.raw["methods"][run.method],
         "train": {k: v for k, v in params.raw["train"].items() if k not in ("checkpoint_every", "threads")},
+    }
+
+
+def data_identity(data_dir: str | Path) -> str:
+    """Content digest of a prepared set: its manifests and every image they list (not the data
+    report, whose provenance changes on every preparation). The manifests carry no per-image
+    digests, so the images are read; a prepared set is small next to one training run."""
+    from selora.imagefolder import MANIFEST, SPLITS, read_manifest
+    from selora.io import tree_digest
+
+    root = Path(data_dir)
+    rows = read_manifest(root)  # clear error when the folder is not a prepared set
+    files = [root / s / MANIFEST for s in SPLITS if (root / s / MANIFEST).is_file()]
+    return tree_digest(root, files + [Path(r["path"]) for r in rows])[:32]
+
+
+# The pipeline components selora loads (load_pipeline drops the safety checker).
+_BASE_COMPONENTS = ("scheduler", "text_encoder", "tokenizer", "unet", "vae")
+
+
+def base_model_identity(params: Params) -> dict[str, Any]:
+    """What the base model's weights are, not only its name: a local folder by the digest of
+    model_index.json and its loaded components' files (multi-GB files sampled, see
+    :func:`selora.io.tree_digest`), a hub id by the commit of its cached snapshot."""
+    from selora.basemodel import resolve_base
+    from selora.io import tree_digest
+
+    source = resolve_base(params)
+    path = Path(source)
+    if path.is_dir():
+        files = [path / "model_index.json"]
+        for component in _BASE_COMPONENTS:
+            files += [f for f in (path / component).rglob("*") if f.is_file()]
+        return {"folder": True, "digest": tree_digest(path, files, sample_above=64 << 20)[:32]}
+    commit = None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(source, "model_index.json", revision=params.base_model.revision)
+        if isinstance(cached, str):
+            commit = Path(cached).parent.name  # .../snapshots/<commit>/model_index.json
+    except ImportError:  # pragma: no cover - diffusers depends on huggingface_hub
+        pass
+    return {"hub": source, "revision": params.base_model.revision, "commit": commit}
+
+
+def run_identity(params: Params, run: RunId, data_dir: str | Path) -> dict[str, Any]:
+    """Everything a training run's result depends on: :func:`run_config` (the params), the
+    top-level seed (validation draws), and what the prepared data and the base model *are*. A
+    checkpoint or summary with another identity is never resumed from or reused."""
+    return {
+        "config": config_hash(run_config(params, run)),
+        "seed": params.seed,
+        "data": data_identity(data_dir),
+        "base_model": base_model_identity(params),
     }
 
 

@@ -6,12 +6,16 @@ images; image j of prompt i always uses seed ``sample.seed + i·k + j`` — the 
 method and training seed, so methods are compared on the same initial noise. Batches pass one
 generator per image, so an image does not depend on the batch it was drawn in; memory is bounded
 by ``sample.batch_size``.
+
+The adapter folder is verified against its ``SHA256SUMS`` before use, and finished samples are
+reused only when the adapter, the base model, the prepared test prompts and the sample params are
+all the ones they were drawn with; otherwise they are drawn again.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +26,26 @@ from selora.adapters.export import WEIGHT_NAME
 from selora.basemodel import load_pipeline
 from selora.config import Params
 from selora.engine.train import resolve_device
-from selora.errors import DatasetFormatError, MissingWeightsError
+from selora.errors import DatasetFormatError, MissingWeightsError, SeloraError
 from selora.imagefolder import read_manifest
-from selora.io import Provenance, atomic_dir, write_json, write_jsonl
-from selora.runlayout import RunId, config_hash, prepared_dir, run_dir, sample_config
+from selora.io import (
+    Provenance,
+    atomic_dir,
+    file_sha256,
+    report_leftovers,
+    verify_checksums,
+    write_json,
+    write_jsonl,
+)
+from selora.runlayout import (
+    RunId,
+    base_model_identity,
+    config_hash,
+    data_identity,
+    prepared_dir,
+    run_dir,
+    sample_config,
+)
 
 SCHEDULERS = {
     "ddim": "DDIMScheduler",
@@ -57,20 +77,34 @@ def sample(params: Params, run: RunId, *, data_dir: str | Path | None = None,
     if not (adapter_dir / WEIGHT_NAME).is_file():
         raise MissingWeightsError(f"{adapter_dir / WEIGHT_NAME} does not exist: run `selora train` for "
                                   f"{run.relpath} first")
+    problem = verify_checksums(adapter_dir)
+    if problem:
+        raise SeloraError(f"the adapter of {run.relpath} is not trustworthy: {problem}. Run `selora train` "
+                          "for it again (it republishes the adapter from its verified checkpoint)")
     out = root / "samples"
+    # A killed sampling leaves .samples.*.tmp / .samples.old-* next to samples/.
+    report_leftovers(root, of=out.name)
     cfg = sample_config(params, run)
     chash = config_hash(cfg)
-    adapter_digest = hashlib.sha256((adapter_dir / WEIGHT_NAME).read_bytes()).hexdigest()[:16]
+    adapter_digest = file_sha256(adapter_dir / WEIGHT_NAME)[:16]
+    data_dir = Path(data_dir) if data_dir else prepared_dir(params, run.setup)
+    inputs = {"data": data_identity(data_dir), "base_model": base_model_identity(params)}
     summary_path = out / "summary.json"
     if summary_path.is_file():
-        done = json.loads(summary_path.read_text())
-        if done.get("config_hash") == chash and done.get("adapter_sha256") == adapter_digest:
+        try:
+            done = json.loads(summary_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            done = None  # a truncated summary: the samples are drawn again
+        done = done if isinstance(done, dict) else {}
+        if (done.get("config_hash") == chash and done.get("adapter_sha256") == adapter_digest
+                and done.get("inputs") == inputs):
             return done
+        print(f"sampling {run.relpath} again: its adapter, base model, data or sample params changed",
+              file=sys.stderr)
 
     prov = Provenance("sample", params.raw)
     scfg = params.sample
     device = resolve_device(params.train.device)
-    data_dir = Path(data_dir) if data_dir else prepared_dir(params, run.setup)
     tests = [r for r in read_manifest(data_dir) if r["split"] == "test"]
     if not tests:
         raise DatasetFormatError(f"{data_dir}: no test split to sample prompts from")
@@ -100,6 +134,7 @@ def sample(params: Params, run: RunId, *, data_dir: str | Path | None = None,
             "run": cfg["run"],
             "config_hash": chash,
             "adapter_sha256": adapter_digest,
+            "inputs": inputs,
             "adapter": str(adapter_dir / WEIGHT_NAME),
             "n_prompts": len(tests),
             "n_images": len(manifest),

@@ -7,12 +7,17 @@ are the adapter's hooks (:mod:`selora.adapters.base`), so there is no ``if metho
 2. data: the prepared set, latents encoded once by the frozen VAE, prompts truncated to 77 tokens;
 3. the adapter in every linear layer of the U-Net and the text encoder, none in the VAE;
 4. Adam (lr 1e-4, β = (0.9, 0.999), no weight decay), a constant LR schedule, fp16 grad scaling;
-5. resume from the last checkpoint when one exists (same arguments ⇒ same run);
+5. resume from the last checkpoint when one exists and is verified (same params, data, base model
+   and seeds ⇒ same run; see :func:`selora.runlayout.run_identity`);
 6. the loop: ε-prediction MSE, adapter hooks, logs, peak memory every 40 steps, checkpoints;
 7. after each epoch: validation loss on fixed (noise, timestep) draws (and once before training,
    "epoch -1", for the untouched base); the best epoch's adapter is exported as a standard LoRA
    file (``adapter/best``); with no validation split the last epoch is kept;
 8. the end: last adapter, logs, parameter table and a summary with provenance.
+
+Nothing from an earlier process is trusted unchecked: leftovers of killed writes are removed at the
+start, the summary, the checkpoint and every adapter folder are checked against the run's identity
+and their checksums, and what fails is discarded (stale) or moved to ``train/quarantine`` (corrupt).
 """
 
 from __future__ import annotations
@@ -46,8 +51,16 @@ from selora.engine.data import (
 from selora.engine.logs import RunLogs, write_csv
 from selora.errors import DatasetFormatError, SeloraError
 from selora.imagefolder import read_manifest
-from selora.io import Provenance, atomic_dir, write_json
-from selora.runlayout import RunId, config_hash, prepared_dir, run_config, run_dir
+from selora.io import (
+    Provenance,
+    atomic_dir,
+    quarantine,
+    report_leftovers,
+    verify_checksums,
+    write_checksums,
+    write_json,
+)
+from selora.runlayout import RunId, config_hash, prepared_dir, run_config, run_dir, run_identity
 
 PARAMETER_COLUMNS = ("part", "base_parameters", "trainable_parameters", "effective_parameters",
                      "trainable_percent", "effective_percent", "adapted_layers")
@@ -112,10 +125,32 @@ def validation_loss(parts, scheduler, val: LatentSet, draws: ValidationDraws, sc
 
 
 def export_adapter(adapter, dest: Path, **info: Any) -> None:
-    """The standard LoRA file plus ``adapter.json`` (epoch, step, validation loss it came from)."""
+    """The standard LoRA file plus ``adapter.json`` (epoch, step, validation loss it came from),
+    and last ``SHA256SUMS`` over both, so a reader can tell a complete export from a damaged one."""
     with atomic_dir(dest) as tmp:
         adapter.export(tmp)
         write_json(Path(tmp) / "adapter.json", info)
+        write_checksums(tmp)
+
+
+def _finished_summary(out: Path, identity_hash: str) -> dict[str, Any] | None:
+    """The summary of a finished run with this identity whose adapters pass their checksums."""
+    path = out / "summary.json"
+    if not path.is_file():
+        return None
+    try:
+        done = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        quarantine(path, out / "quarantine", f"unreadable ({exc}); the run is published again")
+        return None
+    if not isinstance(done, dict) or done.get("identity_hash") != identity_hash:
+        return None
+    for name in ("best", "last"):
+        problem = verify_checksums(out / "adapter" / name)
+        if problem:
+            print(f"publishing {out} again: {problem}", file=sys.stderr)
+            return None
+    return done
 
 
 def card_adapters(params: Params, run: RunId, adapter_dir: Path, **metrics: Any) -> None:
@@ -144,13 +179,17 @@ def train(params: Params, run: RunId, *, data_dir: str | Path | None = None,
     out = root / "train"
     cfg = run_config(params, run)
     chash = config_hash(cfg)
+    data_dir = Path(data_dir) if data_dir else prepared_dir(params, run.setup)
+    identity = run_identity(params, run, data_dir)
+    ihash = config_hash(identity)
 
-    # 0. A finished run of the same configuration is not trained again.
+    # 0. Remove what killed writes left (also inside the declared outputs adapter/ and logs/); a
+    #    finished run of the same identity whose adapters check out is not trained again.
+    report_leftovers(out)
     summary_path = out / "summary.json"
-    if summary_path.is_file():
-        done = json.loads(summary_path.read_text())
-        if done.get("config_hash") == chash:
-            return done
+    done = _finished_summary(out, ihash)
+    if done is not None:
+        return done
 
     prov = Provenance("train", params.raw)
     device = resolve_device(tcfg.device)
@@ -172,7 +211,6 @@ def train(params: Params, run: RunId, *, data_dir: str | Path | None = None,
     scaling = float(vae.config.scaling_factor)
 
     # 2. Data: the prepared set; latents encoded once, prompts truncated by the tokenizer.
-    data_dir = Path(data_dir) if data_dir else prepared_dir(params, run.setup)
     rows = read_manifest(data_dir)
     train_rows = [r for r in rows if r["split"] == "train"]
     val_rows = [r for r in rows if r["split"] == "validation"]
@@ -205,13 +243,25 @@ def train(params: Params, run: RunId, *, data_dir: str | Path | None = None,
     # 5a. Restore the adapter first: resumed SeLoRA layers have grown, so the optimiser must be
     #     built on the restored parameters.
     ckpt_dir = out / "checkpoint"
-    state = checkpoint.load(ckpt_dir)
-    if state is not None and state["config_hash"] != chash:
-        # The params changed since that checkpoint (e.g. the workflow reruns this job because a
-        # param it depends on was edited): its progress does not belong to this run.
-        print(f"discarding {ckpt_dir}: it was written with a different configuration", file=sys.stderr)
+    state = checkpoint.load(ckpt_dir, out / "quarantine")
+    if state is not None and state.get("identity_hash") != ihash:
+        # The params, the prepared data, the base model or a seed changed since that checkpoint
+        # (e.g. the workflow reruns this job because its input data changed): its progress does
+        # not belong to this run.
+        changed = [k for k, v in identity.items() if state.get("identity", {}).get(k) != v]
+        print(f"discarding {ckpt_dir}: it was written for other inputs ({', '.join(changed) or 'unknown'} "
+              "changed)", file=sys.stderr)
         shutil.rmtree(ckpt_dir)
         state = None
+    if state is not None and state["best_epoch"] is not None:
+        problem = verify_checksums(ckpt_dir / "best")
+        if problem:  # the best epoch's adapter cannot be rebuilt from a later checkpoint
+            for name in ("best", checkpoint.FILENAME, checkpoint.PREVIOUS):
+                if (ckpt_dir / name).exists():
+                    quarantine(ckpt_dir / name, out / "quarantine", f"{problem}; training restarts")
+            state = None
+    if state is None and (ckpt_dir / "best").exists():
+        shutil.rmtree(ckpt_dir / "best")  # belongs to no checkpoint; the first epoch exports anew
     if state is not None:
         adapter.load_state_dict(state["adapter"])
 
@@ -247,7 +297,8 @@ def train(params: Params, run: RunId, *, data_dir: str | Path | None = None,
     def save_checkpoint() -> None:
         t = time.perf_counter()
         checkpoint.save(ckpt_dir, {
-            "config_hash": chash, "step": step, "epoch": epoch, "batch": batch,
+            "config_hash": chash, "identity_hash": ihash, "identity": identity,
+            "step": step, "epoch": epoch, "batch": batch,
             "best_val_loss": best, "best_epoch": best_epoch, "timing": timing, "clock": clock,
             "adapter": adapter.state_dict(), "optimizer": optimizer.state_dict(),
             "lr_scheduler": lr_scheduler.state_dict(), "scaler": scaler.state_dict(),
@@ -322,8 +373,16 @@ def train(params: Params, run: RunId, *, data_dir: str | Path | None = None,
     bar.close()
 
     # 8. The end: publish the best and last adapters, logs, parameters, summary.
+    problem = verify_checksums(ckpt_dir / "best")
+    if problem:
+        quarantine(ckpt_dir / "best", out / "quarantine", problem)
+        raise checkpoint.CorruptCheckpoint(f"the best adapter of {run.relpath} cannot be published: "
+                                           f"{problem}; run again to retrain it")
     with atomic_dir(out / "adapter" / "best") as tmp:
         shutil.copytree(ckpt_dir / "best", tmp, dirs_exist_ok=True)
+        problem = verify_checksums(tmp)
+        if problem:
+            raise checkpoint.CorruptCheckpoint(f"copying the best adapter failed: {problem}")
     export_adapter(adapter, out / "adapter" / "last", epoch=epochs - 1, step=step)
     card_adapters(params, run, out / "adapter", best_epoch=best_epoch,
                   best_val_loss=best if draws is not None else None)
@@ -334,6 +393,8 @@ def train(params: Params, run: RunId, *, data_dir: str | Path | None = None,
         "run": cfg["run"],
         "config_hash": chash,
         "run_config": cfg,
+        "identity_hash": ihash,
+        "identity": identity,
         "steps": step,
         "epochs": epochs,
         "steps_per_epoch": steps_per_epoch,

@@ -33,7 +33,7 @@ import torch
 from selora.config import Params
 from selora.errors import ConfigError, DatasetFormatError, MissingWeightsError, SeloraError
 from selora.imagefolder import read_manifest, split_hash
-from selora.io import Provenance, atomic_dir, write_json
+from selora.io import Provenance, atomic_dir, file_sha256, report_leftovers, write_json
 from selora.metrics import frechet
 from selora.metrics.reference import (
     ReferenceModel,
@@ -43,7 +43,7 @@ from selora.metrics.reference import (
     label_schema,
 )
 from selora.metrics.samples import SampleError, load_images, match_test_rows, read_samples
-from selora.runlayout import RunId, prepared_dir
+from selora.runlayout import RunId, data_identity, prepared_dir
 
 REFERENCE_JSON = "reference.json"
 REAL_FEATURES = "real_features.safetensors"
@@ -135,6 +135,7 @@ def fit_setup(
     data = Path(data) if data else prepared_dir(params, setup)
     out = Path(out) if out else reference_dir(params, setup)
     rows = read_manifest(data)
+    report_leftovers(out.parent, of=out.name)
     split = _splits(rows)
     if len(split["test"]) < 2 or not split["train"]:
         raise DatasetFormatError(
@@ -151,6 +152,7 @@ def fit_setup(
         "size": cfg.size,
         "data": str(data),
         "split_hash": split_hash(rows),
+        "data_identity": data_identity(data),
         "feature_space": space,
         "fitted_with": _fit_params(params),
     }
@@ -249,6 +251,7 @@ def evaluate_run(
 
     prov = Provenance("selora evaluate", params.raw)
     run_dir = Path(run_dir)
+    report_leftovers(run_dir, of=METRICS_JSON)
     samples = read_samples(run_dir)
     run = run_id_of(params, run_dir)
     ref_dir = Path(reference) if reference else reference_dir(params, run.setup)
@@ -264,7 +267,8 @@ def evaluate_run(
         raise ConfigError(f"{ref_dir} was fitted with other params ({', '.join(sorted(stale))}): {refit}")
     data = Path(data) if data else prepared_dir(params, run.setup)
     rows = read_manifest(data)
-    if split_hash(rows) != ref["split_hash"]:
+    if split_hash(rows) != ref["split_hash"] or ref.get("data_identity") != data_identity(data):
+        # Same split but other image bytes (a re-preparation) makes the real features stale too.
         raise DatasetFormatError(f"{data} is not the preparation {ref_dir} was fitted on: {refit}")
     test_rows = [r for r in rows if r["split"] == "test"]
     matched = match_test_rows(samples, test_rows, str(run_dir / "samples" / "manifest.jsonl"))
@@ -332,6 +336,11 @@ def evaluate_run(
     else:
         metrics["finding_accuracy_skipped"] = ref.get("reference_network_skipped", "no reference network")
     metrics["reference"] = str(ref_dir)
+    # What was scored (metrics are always recomputed, never reused: these only make it traceable).
+    metrics["inputs"] = {
+        "samples_manifest_sha256": file_sha256(run_dir / "samples" / "manifest.jsonl"),
+        "reference_sha256": file_sha256(ref_dir / REFERENCE_JSON),
+    }
     metrics["provenance"] = prov.as_dict()
     write_json(run_dir / METRICS_JSON, metrics)
     return metrics
