@@ -47,13 +47,13 @@ def test_pipeline_folder_loads_through_the_shared_loader(tiny_base, small_params
 # model gives. benchmarks/margins.py pre-trains that miniature over seeds × torch threads and prints
 # every value against these bounds; measured margins are in each test's docstring.
 MIN_VAE_PSNR_DB = 18.0  # decoding noise gives < 10 dB
-MAX_CAPTION_LOSS_RATIO = 0.95  # held-out loss, matched / shuffled captions; 1.0 when captions are ignored
+MAX_CAPTION_LOSS_RATIO = 0.8  # held-out loss, matched / shuffled captions; 1.0 when captions are ignored
 MIN_COLOUR_READ = 0.45  # caption probe's colour accuracy; chance (a caption-blind model) is 0.25
-MIN_BACKGROUND_GAP = 0.1  # white − black background brightness of samples; 0 when captions are ignored
+MIN_BACKGROUND_GAP = 0.3  # white − black background brightness of samples; 0 when captions are ignored
 
 
 def test_vae_reconstructs_held_out_images(tiny_base, tiny_pipeline, synthetic_dirs):
-    """Measured: 22.4 dB (seeds 0/1, 1 and 2 threads); the default budget reaches ≈ 24 dB."""
+    """Measured: 22.4 dB (seed 1, 1 thread; seed 0, 2 threads); the default budget reaches ≈ 24 dB."""
     assert tiny_base["report"]["vae_psnr_db"] >= MIN_VAE_PSNR_DB
     vae = tiny_pipeline.vae
     rows = [r for r in read_manifest(synthetic_dirs["natural"]) if r["split"] == "test"]
@@ -70,7 +70,8 @@ def test_vae_reconstructs_held_out_images(tiny_base, tiny_pipeline, synthetic_di
 def test_the_denoiser_reads_its_captions(tiny_base):
     """Statistical, on held-out scenes with paired noise (selora.probes.caption_probe).
 
-    Measured (MARGINS): loss ratio 0.77, colour read 0.71–0.80 over 64–96 scenes.
+    Measured: loss ratio 0.37 (0.77 before offset noise), colour read 0.73 (0.71 before; 0.80
+    for another training path with offset noise) against the bounds 0.8 and 0.45.
     """
     report = tiny_base["report"]
     ratio = report["matched_caption_loss"] / report["shuffled_caption_loss"]
@@ -83,7 +84,8 @@ def test_the_denoiser_reads_its_captions(tiny_base):
 def test_generated_images_depend_on_the_caption(tiny_pipeline):
     """Samples asked for a white background are brighter than for a black one, from the same noise.
 
-    Measured (MARGINS): gap 0.19 without offset noise, ... with it.
+    Measured: gap 0.76 (black 0.12, white 0.88); 0.18 before offset noise, the state in which
+    a colour test of samples flipped between machines. Bound 0.3.
     """
     gap = background_gap(tiny_pipeline, n=8, seed=0)
     assert gap["gap"] >= MIN_BACKGROUND_GAP, gap

@@ -60,7 +60,7 @@ JOB_CONFIGS: dict[str, Callable[[Config, Wildcards], Any]] = {
     "make_synthetic": lambda c, w: {"seed": c["seed"], "synthetic": c["synthetic"]},
     "pretrain_base": lambda c, w: {"seed": c["seed"], "base_model.tiny": c["base_model"]["tiny"]},
     "prepare": lambda c, w: [c["seed"], c["setups"][w["setup"]], _dataset(c, w)],
-    "train": lambda c, w: run_config(*_run(c, w)),
+    "train": lambda c, w: [run_config(*_run(c, w)), c["seed"]],  # the seed draws the validation batches
     "sample": lambda c, w: sample_config(*_run(c, w)),
     "fit_reference": lambda c, w: {"seed": c["seed"], "evaluate": c["evaluate"],
                                    f"setups.{w['setup']}": c["setups"][w["setup"]]},
