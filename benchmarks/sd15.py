@@ -56,6 +56,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -70,23 +71,31 @@ from selora.adapters.lora import LoraAdapter
 from selora.config import SeLoraConfig, load_params
 from selora.io import Provenance, write_json
 
-SELORA = SeLoraConfig(init_rank=1, threshold=1.1, test_interval=40, fisher="per_sample", max_rank=None,
-                      scale=1.0)
+SELORA = SeLoraConfig(
+    init_rank=1, threshold=1.1, test_interval=40, fisher="per_sample", max_rank=None, scale=1.0
+)
 # The embedded benchmark's final SeLoRA ranks (benchmarks/README.md, adapters.py): rank -> layers of 92.
 EMBEDDED_RANK_HISTOGRAM = {1: 1, 2: 9, 3: 32, 4: 20, 5: 23, 6: 6, 7: 1}
 PAPER_SETTINGS = {"384px_batch6": (384, 6), "224px_batch8": (224, 8)}
-GOALS = {"step_time_ratio_vs_lora": 1.01, "selora_test_step_cost_ratio": 1.10,
-         "peak_memory_ratio_vs_lora": 1.0, "engine_vs_diffusers_loop": 1.0}
+GOALS = {
+    "step_time_ratio_vs_lora": 1.01,
+    "selora_test_step_cost_ratio": 1.10,
+    "peak_memory_ratio_vs_lora": 1.0,
+    "engine_vs_diffusers_loop": 1.0,
+}
 Batch = dict[str, torch.Tensor]
 Parts = dict[str, nn.Module]
 
 
 # ---- the model -----------------------------------------------------------------------------------
-def build_base(unet_cfg: Mapping[str, Any] | None = None, text_cfg: Mapping[str, Any] | None = None,
-               seed: int = 0) -> Parts:
+def build_base(
+    unet_cfg: Mapping[str, Any] | None = None, text_cfg: Mapping[str, Any] | None = None, seed: int = 0
+) -> Parts:
     """SD 1.5's U-Net and text encoder (or the given configs), random weights, frozen, train mode."""
-    parts = {"unet": sd15.build_unet(dict(unet_cfg) if unet_cfg else None, seed),
-             "text_encoder": sd15.build_text_encoder(dict(text_cfg) if text_cfg else None, seed)}
+    parts = {
+        "unet": sd15.build_unet(dict(unet_cfg) if unet_cfg else None, seed),
+        "text_encoder": sd15.build_text_encoder(dict(text_cfg) if text_cfg else None, seed),
+    }
     for m in parts.values():
         m.requires_grad_(False).train()
     return parts
@@ -102,15 +111,18 @@ def shared_copy(parts: Parts) -> Parts:
     return out
 
 
-def rank_map(parts: Parts, histogram: Mapping[int, int] = EMBEDDED_RANK_HISTOGRAM,
-             seed: int = 0) -> dict[str, dict[str, int]]:
+def rank_map(
+    parts: Parts, histogram: Mapping[int, int] = EMBEDDED_RANK_HISTOGRAM, seed: int = 0
+) -> dict[str, dict[str, int]]:
     """``histogram``'s rank distribution scaled to these parts' linear layers (largest-remainder
     rounding), assigned to layers in a seeded random order."""
     names = [(p, n) for p, m in parts.items() for n in linear_modules(m)]
     total = sum(histogram.values())
     exact = {r: c * len(names) / total for r, c in histogram.items()}
     counts = {r: math.floor(v) for r, v in exact.items()}
-    for r in sorted(exact, key=lambda r: exact[r] - counts[r], reverse=True)[:len(names) - sum(counts.values())]:
+    for r in sorted(exact, key=lambda r: exact[r] - counts[r], reverse=True)[
+        : len(names) - sum(counts.values())
+    ]:
         counts[r] += 1
     ranks = [r for r in sorted(counts) for _ in range(counts[r])]
     order = torch.randperm(len(names), generator=torch.Generator().manual_seed(seed)).tolist()
@@ -123,10 +135,15 @@ def rank_map(parts: Parts, histogram: Mapping[int, int] = EMBEDDED_RANK_HISTOGRA
 
 def make_batches(n: int, batch_size: int, latent: int, vocab: int, seed: int) -> list[Batch]:
     gen = torch.Generator().manual_seed(seed)
-    return [{"latents": torch.randn(batch_size, 4, latent, latent, generator=gen),
-             "noise": torch.randn(batch_size, 4, latent, latent, generator=gen),
-             "input_ids": torch.randint(0, vocab, (batch_size, 77), generator=gen),
-             "timesteps": torch.randint(0, 1000, (batch_size,), generator=gen)} for _ in range(n)]
+    return [
+        {
+            "latents": torch.randn(batch_size, 4, latent, latent, generator=gen),
+            "noise": torch.randn(batch_size, 4, latent, latent, generator=gen),
+            "input_ids": torch.randint(0, vocab, (batch_size, 77), generator=gen),
+            "timesteps": torch.randint(0, 1000, (batch_size,), generator=gen),
+        }
+        for _ in range(n)
+    ]
 
 
 _SCHEDULER: dict[str, Any] = {}
@@ -146,8 +163,16 @@ def diffusion_loss(parts: Parts, batch: Batch, autocast: torch.autocast | None =
 class Trainer:
     """One adapter on its own shared copy of the base, stepped in the training engine's order."""
 
-    def __init__(self, adapter: Any, parts: Parts, total_steps: int, lr: float = 1e-4,
-                 step_offset: int = 0, autocast: torch.autocast | None = None, attach: bool = True) -> None:
+    def __init__(
+        self,
+        adapter: Any,
+        parts: Parts,
+        total_steps: int,
+        lr: float = 1e-4,
+        step_offset: int = 0,
+        autocast: torch.autocast | None = None,
+        attach: bool = True,
+    ) -> None:
         self.parts, self.adapter = parts, adapter
         if attach:
             adapter.attach(parts, total_steps)
@@ -166,8 +191,9 @@ class Trainer:
         self.opt.zero_grad(set_to_none=True)
 
 
-def selora_at_ranks(parts: Parts, ranks: Mapping[str, Mapping[str, int]], seed: int,
-                    autocast: torch.autocast | None = None) -> Trainer:
+def selora_at_ranks(
+    parts: Parts, ranks: Mapping[str, Mapping[str, int]], seed: int, autocast: torch.autocast | None = None
+) -> Trainer:
     """SeLoRA grown to ``ranks`` with a trained-looking state (A Kaiming, B small and non-zero, so
     the Fisher test sees gradients in every factor as it does mid-training)."""
     adapter = create_adapter("selora", SELORA, seed=seed)
@@ -181,20 +207,40 @@ def selora_at_ranks(parts: Parts, ranks: Mapping[str, Mapping[str, int]], seed: 
     return Trainer(adapter, parts, 0, autocast=autocast, attach=False)
 
 
-def build_trainers(base: Parts, ranks: dict[str, dict[str, int]], params: Any, seed: int,
-                   methods: list[str], autocast: torch.autocast | None = None) -> dict[str, Trainer]:
+def build_trainers(
+    base: Parts,
+    ranks: dict[str, dict[str, int]],
+    params: Any,
+    seed: int,
+    methods: list[str],
+    autocast: torch.autocast | None = None,
+) -> dict[str, Trainer]:
     """The compared methods, each on its own shared copy of the base."""
     total = 1000  # AdaLoRA's schedule length; it is stepped inside its allocation phase
     builders: dict[str, Callable[[], Trainer]] = {
-        "lora": lambda: Trainer(LoraAdapter.at_ranks(ranks, seed=seed), shared_copy(base), total,
-                                autocast=autocast),
+        "lora": lambda: Trainer(
+            LoraAdapter.at_ranks(ranks, seed=seed), shared_copy(base), total, autocast=autocast
+        ),
         "selora": lambda: selora_at_ranks(shared_copy(base), ranks, seed, autocast),
-        "lora_r4": lambda: Trainer(create_adapter("lora", params.methods.get("lora"), seed=seed),
-                                   shared_copy(base), total, autocast=autocast),
-        "adalora": lambda: Trainer(create_adapter("adalora", params.methods.get("adalora"), seed=seed),
-                                   shared_copy(base), total, step_offset=total // 4, autocast=autocast),
-        "dylora": lambda: Trainer(create_adapter("dylora", params.methods.get("dylora"), seed=seed),
-                                  shared_copy(base), total, autocast=autocast),
+        "lora_r4": lambda: Trainer(
+            create_adapter("lora", params.methods.get("lora"), seed=seed),
+            shared_copy(base),
+            total,
+            autocast=autocast,
+        ),
+        "adalora": lambda: Trainer(
+            create_adapter("adalora", params.methods.get("adalora"), seed=seed),
+            shared_copy(base),
+            total,
+            step_offset=total // 4,
+            autocast=autocast,
+        ),
+        "dylora": lambda: Trainer(
+            create_adapter("dylora", params.methods.get("dylora"), seed=seed),
+            shared_copy(base),
+            total,
+            autocast=autocast,
+        ),
     }
     return {m: builders[m]() for m in methods}
 
@@ -218,9 +264,25 @@ def reset_peak() -> float | None:
         return None
 
 
+DEVICE = torch.device("cpu")  # set by run(); CUDA steps read the allocator's peak instead of RSS
+
+
 def measured_step(fn: Callable[[], None]) -> dict[str, float]:
-    """Run one step; its seconds and, on Linux, its peak RSS and the RSS it started from (MiB)."""
+    """Run one step; its seconds and its peak memory and the memory it started from (MiB): the
+    process's RSS on the CPU (Linux), allocated tensor memory on CUDA."""
     gc.collect()
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        start = torch.cuda.memory_allocated() / 2**20
+        t0 = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        return {
+            "s": time.perf_counter() - t0,
+            "peak_mb": torch.cuda.max_memory_allocated() / 2**20,
+            "start_mb": start,
+        }
     start = reset_peak()
     t0 = time.perf_counter()
     fn()
@@ -231,8 +293,9 @@ def measured_step(fn: Callable[[], None]) -> dict[str, float]:
     return out
 
 
-def interleaved(trainers: Mapping[str, Trainer], batches: list[Batch],
-                rounds: int) -> dict[str, list[dict[str, float]]]:
+def interleaved(
+    trainers: Mapping[str, Trainer], batches: list[Batch], rounds: int
+) -> dict[str, list[dict[str, float]]]:
     """Round 0 warms up; rounds 1..rounds are recorded. Each round steps every method on the same
     batch, in an order rotated by the round."""
     names = list(trainers)
@@ -240,7 +303,7 @@ def interleaved(trainers: Mapping[str, Trainer], batches: list[Batch],
     for i in range(rounds + 1):
         k = i % len(names)
         for m in names[k:] + names[:k]:
-            res = measured_step(lambda m=m: trainers[m].step(i, batches[i % len(batches)]))
+            res = measured_step(partial(trainers[m].step, i, batches[i % len(batches)]))
             if i:
                 rec[m].append(res)
     return rec
@@ -255,7 +318,7 @@ def test_pairs(selora: Trainer, batches: list[Batch], pairs: int) -> list[dict[s
         batch = batches[p % len(batches)]
         res = {}
         for kind, step in (("test", test), ("plain", test + 1))[:: 1 if p % 2 == 0 else -1]:
-            res[kind] = measured_step(lambda step=step: selora.step(step, batch))
+            res[kind] = measured_step(partial(selora.step, step, batch))
         out.append(res)
     return out
 
@@ -271,10 +334,13 @@ def token_counts(parts: Parts) -> Iterator[dict[str, tuple[int, int, int]]]:
         for n, lin in linear_modules(m).items():
             if "lora_" in n:
                 continue
-            def hook(mod, args, key=f"{p}.{n.removesuffix('.base_layer')}"):
+            key = f"{p}.{n.removesuffix('.base_layer')}"
+
+            def hook(mod, args, key=key):
                 x = args[0]
                 n_samples = x.shape[0] if x.ndim > 1 else 1
                 seen[key] = (mod.in_features, mod.out_features, x[..., 0].numel() // n_samples)
+
             hooks.append(lin.register_forward_pre_hook(hook))
     try:
         yield seen
@@ -283,36 +349,49 @@ def token_counts(parts: Parts) -> Iterator[dict[str, tuple[int, int, int]]]:
             h.remove()
 
 
-def per_sample_gradient_mb(layers: Mapping[str, tuple[int, int]], ranks: Mapping[str, int], n: int,
-                           bytes_per: int = 4) -> float:
+def per_sample_gradient_mb(
+    layers: Mapping[str, tuple[int, int]], ranks: Mapping[str, int], n: int, bytes_per: int = 4
+) -> float:
     """What a per-sample Fisher test holds at the end of the backward: N·(r·in + out·(r+1)) numbers per
     layer (∂A_i, ∂B_i and the candidate column's gradient for each sample)."""
     numbers = sum(n * (ranks[k] * i + o * (ranks[k] + 1)) for k, (i, o) in layers.items())
     return numbers * bytes_per / 2**20
 
 
-def paper_scale(shapes_small: Mapping[str, tuple[int, int, int]], shapes_big: Mapping[str, tuple[int, int, int]],
-                latent_small: int, latent_big: int, ranks: Mapping[str, int],
-                act_mb: Mapping[int, float], batch_size: int) -> dict[str, Any]:
+def paper_scale(
+    shapes_small: Mapping[str, tuple[int, int, int]],
+    shapes_big: Mapping[str, tuple[int, int, int]],
+    latent_small: int,
+    latent_big: int,
+    ranks: Mapping[str, int],
+    act_mb: Mapping[int, float],
+    batch_size: int,
+) -> dict[str, Any]:
     """Per-sample gradient memory of a test step at the paper's settings, the largest fp32 upcast a
     fp16 test step makes (one layer's x and g at a time), and LoRA's activation memory extrapolated
     linearly in samples × latent pixels from the two measured sizes."""
     spatial = {k for k in shapes_small if shapes_big[k][2] != shapes_small[k][2]}
     layers = {k: (i, o) for k, (i, o, _) in shapes_small.items()}
     (l1, a1), (l2, a2) = sorted(act_mb.items())
-    slope = (a2 - a1) / (batch_size * (l2 ** 2 - l1 ** 2))  # MiB per sample-latent-pixel
+    slope = (a2 - a1) / (batch_size * (l2**2 - l1**2))  # MiB per sample-latent-pixel
     out: dict[str, Any] = {}
     for name, (px, n) in PAPER_SETTINGS.items():
         lat = px // sd15.LATENT_FACTOR
-        tokens = {k: t * (lat / latent_small) ** 2 if k in spatial else t for k, (_, _, t) in shapes_small.items()}
+        tokens = {
+            k: t * (lat / latent_small) ** 2 if k in spatial else t for k, (_, _, t) in shapes_small.items()
+        }
         upcast = max(n * tokens[k] * (i + o) * 4 / 2**20 for k, (i, o) in layers.items())
         extra = per_sample_gradient_mb(layers, ranks, n)
-        act = a1 + slope * (n * lat ** 2 - batch_size * l1 ** 2)
-        out[name] = {"latent": lat, "batch": n, "per_sample_gradients_mb": round(extra, 1),
-                     "batch_fisher_gradients_mb": round(per_sample_gradient_mb(layers, ranks, 1), 1),
-                     "largest_fp16_upcast_mb": round(upcast, 1),
-                     "lora_step_activation_mb_extrapolated": round(act, 1),
-                     "extra_vs_lora_activation": round(extra / act, 4) if act > 0 else None}
+        act = a1 + slope * (n * lat**2 - batch_size * l1**2)
+        out[name] = {
+            "latent": lat,
+            "batch": n,
+            "per_sample_gradients_mb": round(extra, 1),
+            "batch_fisher_gradients_mb": round(per_sample_gradient_mb(layers, ranks, 1), 1),
+            "largest_fp16_upcast_mb": round(upcast, 1),
+            "lora_step_activation_mb_extrapolated": round(act, 1),
+            "extra_vs_lora_activation": round(extra / act, 4) if act > 0 else None,
+        }
     out["spatial_layers"] = len(spatial)
     out["layers"] = len(layers)
     return out
@@ -324,30 +403,59 @@ def sd15_pipeline(base: Parts, vae: nn.Module, tokenizer: Any):
     from diffusers import PNDMScheduler, StableDiffusionPipeline
 
     parts = shared_copy(base)
-    pipe = StableDiffusionPipeline(vae=copy.deepcopy(vae), text_encoder=parts["text_encoder"],
-                                   tokenizer=tokenizer, unet=parts["unet"],
-                                   scheduler=PNDMScheduler.from_config(sd15.SCHEDULER), safety_checker=None,
-                                   feature_extractor=None, requires_safety_checker=False)
+    pipe = StableDiffusionPipeline(
+        vae=copy.deepcopy(vae),
+        text_encoder=parts["text_encoder"],
+        tokenizer=tokenizer,
+        unet=parts["unet"],
+        scheduler=PNDMScheduler.from_config(sd15.SCHEDULER),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
-def engine_setup(params_file: str, tmp: Path, batch_size: int, steps: int, size: int,
-                 threads: int) -> tuple[Any, Any, Path]:
+def engine_setup(
+    params_file: str, tmp: Path, batch_size: int, steps: int, size: int, threads: int
+) -> tuple[Any, Any, Path]:
     """(params, run id, data folder) for ``selora train`` on a small synthetic CXR set."""
     from selora.runlayout import RunId
     from selora.synthetic import make_cxr
 
     data = tmp / "data"
-    make_cxr(load_params(None, [f"synthetic.cxr.n_images={2 * steps * batch_size + 4}", f"synthetic.cxr.size={size}",
-                                "synthetic.cxr.splits.train=0.8", "synthetic.cxr.splits.validation=0.0",
-                                "synthetic.cxr.splits.test=0.2"]).synthetic.cxr, data, seed=0, progress=False)
-    params = load_params(params_file, [
-        f"paths.results={tmp}/results", "train.device=cpu", "train.lr=1.0e-4", f"train.threads={threads}",
-        "train.checkpoint_every=100000", f"setups.synthetic-cxr-32.size={size}",
-        f"setups.synthetic-cxr-32.batch_size={batch_size}", f"setups.synthetic-cxr-32.max_steps={steps}",
-        "setups.synthetic-cxr-32.epochs=1000", "sample.steps=2", "sample.batch_size=2",
-    ])
+    make_cxr(
+        load_params(
+            None,
+            [
+                f"synthetic.cxr.n_images={2 * steps * batch_size + 4}",
+                f"synthetic.cxr.size={size}",
+                "synthetic.cxr.splits.train=0.8",
+                "synthetic.cxr.splits.validation=0.0",
+                "synthetic.cxr.splits.test=0.2",
+            ],
+        ).synthetic.cxr,
+        data,
+        seed=0,
+        progress=False,
+    )
+    params = load_params(
+        params_file,
+        [
+            f"paths.results={tmp}/results",
+            "train.device=cpu",
+            "train.lr=1.0e-4",
+            f"train.threads={threads}",
+            "train.checkpoint_every=100000",
+            f"setups.synthetic-cxr-32.size={size}",
+            f"setups.synthetic-cxr-32.batch_size={batch_size}",
+            f"setups.synthetic-cxr-32.max_steps={steps}",
+            "setups.synthetic-cxr-32.epochs=1000",
+            "sample.steps=2",
+            "sample.batch_size=2",
+        ],
+    )
     return params, RunId("synthetic-cxr-32", "lora", "default", 0), data
 
 
@@ -373,8 +481,9 @@ def engine_run(params: Any, run: Any, data: Path, out: Path) -> float:
     return summary["steps_time_s"] / summary["steps"]
 
 
-def diffusers_loop(pipe: Any, params: Any, data: Path, steps: int, batch_size: int, size: int,
-                   seed: int = 0) -> float:
+def diffusers_loop(
+    pipe: Any, params: Any, data: Path, steps: int, batch_size: int, size: int, seed: int = 0
+) -> float:
     """Seconds per step of a minimal loop written as diffusers' ``train_text_to_image_lora.py``
     (peft adapters on every linear via ``add_adapter``, AdamW, ε-MSE), on the engine's data and
     latent draws."""
@@ -391,25 +500,31 @@ def diffusers_loop(pipe: Any, params: Any, data: Path, steps: int, batch_size: i
     for model in (unet, text, vae):
         model.requires_grad_(False)
     for model in (unet, text):
-        cfg = LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian",
-                         target_modules=sorted(linear_modules(model)))
+        cfg = LoraConfig(
+            r=4, lora_alpha=4, init_lora_weights="gaussian", target_modules=sorted(linear_modules(model))
+        )
         model.add_adapter(cfg)
         model.train()
-    opt = torch.optim.AdamW([p for m in (unet, text) for p in m.parameters() if p.requires_grad],
-                            lr=params.train.lr, betas=tuple(params.train.betas),
-                            weight_decay=params.train.weight_decay)
+    opt = torch.optim.AdamW(
+        [p for m in (unet, text) for p in m.parameters() if p.requires_grad],
+        lr=params.train.lr,
+        betas=tuple(params.train.betas),
+        weight_decay=params.train.weight_decay,
+    )
     gen = torch.Generator().manual_seed(seed)
     order = epoch_order(len(train_set), seed, 0)
     scaling = float(vae.config.scaling_factor)
     t0 = time.perf_counter()
     for step in range(steps):
-        idx = order[step * batch_size:(step + 1) * batch_size]
+        idx = order[step * batch_size : (step + 1) * batch_size]
         mean, std = train_set.mean[idx], train_set.std[idx]
         latents = (mean + std * torch.randn(mean.shape, generator=gen)) * scaling
         noise = torch.randn(latents.shape, generator=gen)
         timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (len(idx),), generator=gen)
         hidden = text(train_set.input_ids[idx])[0]
-        pred = unet(scheduler.add_noise(latents, noise, timesteps), timesteps, encoder_hidden_states=hidden).sample
+        pred = unet(
+            scheduler.add_noise(latents, noise, timesteps), timesteps, encoder_hidden_states=hidden
+        ).sample
         loss = F.mse_loss(pred.float(), noise.float())
         loss.backward()
         opt.step()
@@ -417,8 +532,16 @@ def diffusers_loop(pipe: Any, params: Any, data: Path, steps: int, batch_size: i
     return (time.perf_counter() - t0) / steps
 
 
-def engine_vs_loop(base: Parts, params_file: str, tmp: Path, batch_size: int, steps: int, size: int,
-                   threads: int, do_sampling: bool) -> dict[str, Any]:
+def engine_vs_loop(
+    base: Parts,
+    params_file: str,
+    tmp: Path,
+    batch_size: int,
+    steps: int,
+    size: int,
+    threads: int,
+    do_sampling: bool,
+) -> dict[str, Any]:
     """``selora train`` vs the diffusers-style loop, ABBA; then (optionally) sampling, ABBA."""
     from selora.tinysd import train_tokenizer
 
@@ -434,21 +557,28 @@ def engine_vs_loop(base: Parts, params_file: str, tmp: Path, batch_size: int, st
             if which == "engine":
                 engine_s.append(engine_run(params, run, data, tmp / f"run{k}"))
             else:
-                loop_s.append(diffusers_loop(sd15_pipeline(base, vae, tokenizer), params, data, steps,
-                                             batch_size, size))
+                loop_s.append(
+                    diffusers_loop(sd15_pipeline(base, vae, tokenizer), params, data, steps, batch_size, size)
+                )
             gc.collect()
         out: dict[str, Any] = {
             "engine_s_per_step": [round(s, 3) for s in engine_s],
             "diffusers_loop_s_per_step": [round(s, 3) for s in loop_s],
             "engine_vs_diffusers_loop": round(sum(loop_s) / sum(engine_s), 4),
-            "steps_per_block": steps, "batch_size": batch_size, "image_px": size,
+            "steps_per_block": steps,
+            "batch_size": batch_size,
+            "image_px": size,
         }
         if do_sampling:
-            out["sampling"] = sampling(params, run, data, tmp / "run3", lambda: sd15_pipeline(base, vae, tokenizer))
+            out["sampling"] = sampling(
+                params, run, data, tmp / "run3", lambda: sd15_pipeline(base, vae, tokenizer)
+            )
     return out
 
 
-def sampling(params: Any, run: Any, data: Path, run_root: Path, make_pipe: Callable[[], Any]) -> dict[str, Any]:
+def sampling(
+    params: Any, run: Any, data: Path, run_root: Path, make_pipe: Callable[[], Any]
+) -> dict[str, Any]:
     """``selora sample`` (end to end: pipeline, LoRA file, PNGs, manifest) vs the same pipeline built
     the same way and called directly on the same prompts and seeds; ABBA."""
     import shutil
@@ -468,20 +598,30 @@ def sampling(params: Any, run: Any, data: Path, run_root: Path, make_pipe: Calla
     def plain() -> None:
         pipe = build_pipeline(params, adapter_dir, torch.device("cpu"))
         for start in range(0, len(tests), scfg.batch_size):
-            batch = tests[start:start + scfg.batch_size]
+            batch = tests[start : start + scfg.batch_size]
             gens = [torch.Generator().manual_seed(scfg.seed + start + j) for j in range(len(batch))]
             with torch.no_grad():
-                pipe([r["text"] for r in batch], height=size, width=size, num_inference_steps=scfg.steps,
-                     guidance_scale=scfg.guidance_scale, generator=gens)
+                pipe(
+                    [r["text"] for r in batch],
+                    height=size,
+                    width=size,
+                    num_inference_steps=scfg.steps,
+                    guidance_scale=scfg.guidance_scale,
+                    generator=gens,
+                )
 
     times: dict[str, list[float]] = {"selora_sample": [], "pipeline_call": []}
     for which in ("selora_sample", "pipeline_call", "pipeline_call", "selora_sample"):
         t0 = time.perf_counter()
         (ours if which == "selora_sample" else plain)()
         times[which].append(time.perf_counter() - t0)
-    return {"s": {k: [round(v, 3) for v in vs] for k, vs in times.items()},
-            "images": len(tests), "inference_steps": scfg.steps, "image_px": size,
-            "sample_vs_pipeline_call": round(sum(times["pipeline_call"]) / sum(times["selora_sample"]), 4)}
+    return {
+        "s": {k: [round(v, 3) for v in vs] for k, vs in times.items()},
+        "images": len(tests),
+        "inference_steps": scfg.steps,
+        "image_px": size,
+        "sample_vs_pipeline_call": round(sum(times["pipeline_call"]) / sum(times["selora_sample"]), 4),
+    }
 
 
 # ---- Inception in float64 vs float32 -----------------------------------------------------------------
@@ -492,8 +632,10 @@ def random_inception(path: Path) -> Path:
     import torch_fidelity.feature_extractor_inceptionv3 as fe
 
     torch.manual_seed(0)
-    with (mock.patch.object(fe, "load_state_dict_from_url", lambda *a, **k: None),
-          mock.patch.object(fe.FeatureExtractorInceptionV3, "load_state_dict", lambda *a, **k: None)):
+    with (
+        mock.patch.object(fe, "load_state_dict_from_url", lambda *a, **k: None),
+        mock.patch.object(fe.FeatureExtractorInceptionV3, "load_state_dict", lambda *a, **k: None),
+    ):
         net = fe.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
     for m in net.modules():  # variance-preserving draws: default ones shrink features to ~0 in 90 layers
         if isinstance(m, nn.Conv2d | nn.Linear):
@@ -510,10 +652,15 @@ def inception_dtypes(tmp: Path, n_images: int, rounds: int = 2) -> dict[str, Any
     from selora.metrics.frechet import fid
 
     weights = random_inception(tmp / "inception.pth")
-    nets = {dt: FeatureExtractorInceptionV3("inception-v3-compat", ["64", "2048"],
-                                            feature_extractor_weights_path=str(weights),
-                                            feature_extractor_internal_dtype=dt).eval()
-            for dt in ("float64", "float32")}
+    nets = {
+        dt: FeatureExtractorInceptionV3(
+            "inception-v3-compat",
+            ["64", "2048"],
+            feature_extractor_weights_path=str(weights),
+            feature_extractor_internal_dtype=dt,
+        ).eval()
+        for dt in ("float64", "float32")
+    }
     # torch-fidelity's text_to_dtype maps "float64" to torch.float32, so asking for float64 runs in
     # float32; cast by hand to measure what float64 would cost
     asked = str(next(nets["float64"].parameters()).dtype)
@@ -525,37 +672,50 @@ def inception_dtypes(tmp: Path, n_images: int, rounds: int = 2) -> dict[str, Any
     times: dict[str, list[float]] = {dt: [] for dt in nets}
     feats: dict[str, dict[str, list[torch.Tensor]]] = {}
     for r in range(rounds):
-        for dt in list(nets)[r % 2:] + list(nets)[:r % 2]:
+        for dt in list(nets)[r % 2 :] + list(nets)[: r % 2]:
             t0 = time.perf_counter()
             with torch.no_grad():
                 out = [nets[dt](x) for x in (real, fake)]
             times[dt].append(time.perf_counter() - t0)
-            feats[dt] = {tap: [o[k].reshape(n_images, -1).double() for o in out]
-                         for k, tap in enumerate(("64", "2048"))}
+            feats[dt] = {
+                tap: [o[k].reshape(n_images, -1).double() for o in out]
+                for k, tap in enumerate(("64", "2048"))
+            }
     ips = {dt: round(2 * n_images * rounds / sum(ts), 2) for dt, ts in times.items()}
     fids = {tap: {dt: fid(*feats[dt][tap]) for dt in nets} for tap in ("64", "2048")}
     f64, f32 = feats["float64"]["2048"][0], feats["float32"]["2048"][0]
-    return {"images_per_s": ips, "float64_vs_float32_throughput": round(ips["float64"] / ips["float32"], 4),
-            "fid": {tap: {dt: round(v, 6) for dt, v in d.items()} for tap, d in fids.items()},
-            "fid_abs_difference": {tap: float(abs(d["float64"] - d["float32"])) for tap, d in fids.items()},
-            "feature_max_rel_difference": float((f64 - f32).abs().max() / f64.abs().max()),
-            "images": n_images, "image_px": 64, "weights": "random (torch-fidelity format, Kaiming-normal)",
-            "torch_fidelity_float64_request_runs_in": asked}
+    return {
+        "images_per_s": ips,
+        "float64_vs_float32_throughput": round(ips["float64"] / ips["float32"], 4),
+        "fid": {tap: {dt: round(v, 6) for dt, v in d.items()} for tap, d in fids.items()},
+        "fid_abs_difference": {tap: float(abs(d["float64"] - d["float32"])) for tap, d in fids.items()},
+        "feature_max_rel_difference": float((f64 - f32).abs().max() / f64.abs().max()),
+        "images": n_images,
+        "image_px": 64,
+        "weights": "random (torch-fidelity format, Kaiming-normal)",
+        "torch_fidelity_float64_request_runs_in": asked,
+    }
 
 
 # ---- the run ------------------------------------------------------------------------------------
-def summarise_steps(rec: Mapping[str, list[dict[str, float]]], pairs: list[dict[str, dict[str, float]]],
-                    ) -> dict[str, Any]:
+def summarise_steps(
+    rec: Mapping[str, list[dict[str, float]]],
+    pairs: list[dict[str, dict[str, float]]],
+) -> dict[str, Any]:
     """Step-time and peak-memory ratios; SeLoRA's time includes its test cost amortised at t."""
     total = {m: sum(r["s"] for r in rs) for m, rs in rec.items()}
     cost = statistics.median(p["test"]["s"] / p["plain"]["s"] for p in pairs) if pairs else float("nan")
     amortised = 1 + (cost - 1) / SELORA.test_interval
     ref = {"selora": "lora", "adalora": "lora_r4", "dylora": "lora_r4", "lora_r4": "lora"}
-    step = {m: round(total[m] / total[ref[m]] * (amortised if m == "selora" else 1.0), 4) for m in rec if m in ref}
+    step = {
+        m: round(total[m] / total[ref[m]] * (amortised if m == "selora" else 1.0), 4) for m in rec if m in ref
+    }
     out: dict[str, Any] = {
         "step_time_ratio_vs_lora": step,
         "selora_test_step_cost_ratio": round(cost, 4),
-        "selora_plain_step_ratio_vs_lora": round(total["selora"] / total["lora"], 4) if "selora" in rec else None,
+        "selora_plain_step_ratio_vs_lora": round(total["selora"] / total["lora"], 4)
+        if "selora" in rec
+        else None,
         "amortised_test_overhead": round(amortised, 4),
         "median_step_s": {m: round(statistics.median(r["s"] for r in rs), 3) for m, rs in rec.items()},
         "comparison": {m: ref[m] for m in step},
@@ -571,14 +731,19 @@ def summarise_steps(rec: Mapping[str, list[dict[str, float]]], pairs: list[dict[
             "peak_rss_mb": {m: round(v, 1) for m, v in peak.items()},
             "step_increment_mb": {m: round(v, 1) for m, v in inc.items()},
             "increment_ratio_vs_lora": {m: round(inc[m] / inc[ref[m]], 4) for m in step},
-            "selora_test_step_increment_mb": [round(p["test"]["peak_mb"] - p["test"]["start_mb"], 1) for p in pairs],
-            "selora_plain_step_increment_mb": [round(p["plain"]["peak_mb"] - p["plain"]["start_mb"], 1)
-                                               for p in pairs],
+            "selora_test_step_increment_mb": [
+                round(p["test"]["peak_mb"] - p["test"]["start_mb"], 1) for p in pairs
+            ],
+            "selora_plain_step_increment_mb": [
+                round(p["plain"]["peak_mb"] - p["plain"]["start_mb"], 1) for p in pairs
+            ],
         }
     return out
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    global DEVICE
+    DEVICE = torch.device(args.device)
     t_start = time.perf_counter()
     phases: dict[str, float] = {}
 
@@ -590,23 +755,38 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     params = load_params(args.params)
     tiny = args.tiny
     unet_cfg, text_cfg = sd15.scaled() if tiny else (None, None)
-    base = build_base(unet_cfg, text_cfg, args.seed)
+    base = {k: m.to(DEVICE) for k, m in build_base(unet_cfg, text_cfg, args.seed).items()}
+    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.precision)
+    autocast = torch.autocast(DEVICE.type, dtype=amp) if amp else None
     build_s = time.perf_counter() - t_start
     phase("build")
     ranks = rank_map(base, seed=args.seed)
     vocab = (text_cfg or sd15.TEXT_ENCODER)["vocab_size"]
-    batches = make_batches(args.rounds + 1, args.batch_size, args.latent, vocab, args.seed)
-    result: dict[str, Any] = {"device": "cpu", "torch_threads": args.threads, "latent": args.latent,
-                              "batch_size": args.batch_size, "rounds": args.rounds, "pairs": args.pairs,
-                              "architecture": "sd15 scaled (tiny)" if tiny else "sd15",
-                              "build_s": round(build_s, 1), "goals": GOALS}
+    batches = [
+        {k: v.to(DEVICE) for k, v in b.items()}
+        for b in make_batches(args.rounds + 1, args.batch_size, args.latent, vocab, args.seed)
+    ]
+    result: dict[str, Any] = {
+        "device": torch.cuda.get_device_name() if DEVICE.type == "cuda" else "cpu",
+        "precision": args.precision,
+        "torch_threads": args.threads,
+        "latent": args.latent,
+        "batch_size": args.batch_size,
+        "rounds": args.rounds,
+        "pairs": args.pairs,
+        "architecture": "sd15 scaled (tiny)" if tiny else "sd15",
+        "build_s": round(build_s, 1),
+        "goals": GOALS,
+    }
     result["adapted_layers"] = {p: len(linear_modules(m)) for p, m in base.items()}
     all_ranks = [r for layers in ranks.values() for r in layers.values()]
-    result["rank_map"] = {"source": "embedded adapters.py run's final histogram, scaled",
-                          "mean": round(statistics.mean(all_ranks), 3),
-                          "histogram": dict(sorted(Counter(all_ranks).items()))}
+    result["rank_map"] = {
+        "source": "embedded adapters.py run's final histogram, scaled",
+        "mean": round(statistics.mean(all_ranks), 3),
+        "histogram": dict(sorted(Counter(all_ranks).items())),
+    }
 
-    trainers = build_trainers(base, ranks, params, args.seed, args.methods)
+    trainers = build_trainers(base, ranks, params, args.seed, args.methods, autocast)
     probe = trainers.get("lora")
     with token_counts(probe.parts) as small:
         rec = interleaved(trainers, batches, args.rounds)
@@ -614,39 +794,65 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     pairs = test_pairs(trainers["selora"], batches, args.pairs) if "selora" in trainers else []
     phase("test_pairs")
     result |= summarise_steps(rec, pairs)
-    result["selora_ranks_after_tests_mean"] = round(statistics.mean(
-        layer.rank for layer in trainers["selora"].adapter.layers.values()), 3) if "selora" in trainers else None
+    result["selora_ranks_after_tests_mean"] = (
+        round(statistics.mean(layer.rank for layer in trainers["selora"].adapter.layers.values()), 3)
+        if "selora" in trainers
+        else None
+    )
 
     # scale probe: twice the latent size, one LoRA step and one SeLoRA test step
     big_latent = 2 * args.latent
-    big = make_batches(1, args.batch_size, big_latent, vocab, args.seed + 1)[0]
+    big = {
+        k: v.to(DEVICE)
+        for k, v in make_batches(1, args.batch_size, big_latent, vocab, args.seed + 1)[0].items()
+    }
     with token_counts(probe.parts) as large:
-        lora_big = measured_step(lambda: probe.step(10**6, big))
-    sel_big = measured_step(lambda: trainers["selora"].step(2 * 10**6 + SELORA.test_interval - 1, big))
+        lora_big = measured_step(partial(probe.step, 10**6, big))
+    sel_big = measured_step(partial(trainers["selora"].step, 2 * 10**6 + SELORA.test_interval - 1, big))
     phase("scale_probe")
-    small_lora = min(r["peak_mb"] - r["start_mb"] for r in rec["lora"]) if "peak_mb" in lora_big else float("nan")
-    act = {args.latent: small_lora, big_latent: lora_big.get("peak_mb", math.nan) - lora_big.get("start_mb", 0)}
+    small_lora = (
+        min(r["peak_mb"] - r["start_mb"] for r in rec["lora"]) if "peak_mb" in lora_big else float("nan")
+    )
+    act = {
+        args.latent: small_lora,
+        big_latent: lora_big.get("peak_mb", math.nan) - lora_big.get("start_mb", 0),
+    }
     flat = {f"{p}.{n}": r for p, layers in ranks.items() for n, r in layers.items()}
     paper = paper_scale(small, large, args.latent, big_latent, flat, act, args.batch_size)
-    paper_r4 = paper_scale(small, large, args.latent, big_latent, dict.fromkeys(flat, 4), act, args.batch_size)
+    paper_r4 = paper_scale(
+        small, large, args.latent, big_latent, dict.fromkeys(flat, 4), act, args.batch_size
+    )
     measured_extra = per_sample_gradient_mb({k: v[:2] for k, v in small.items()}, flat, args.batch_size)
-    result["selora_test_step_extra_mb_at_paper_scale"] = {k: v["per_sample_gradients_mb"] for k, v in paper.items()
-                                                          if isinstance(v, dict)}
+    result["selora_test_step_extra_mb_at_paper_scale"] = {
+        k: v["per_sample_gradients_mb"] for k, v in paper.items() if isinstance(v, dict)
+    }
     result["paper_scale_memory"] = {
-        "at_selora_ranks": paper, "at_rank_4": paper_r4,
-        "measured": {"lora_step_increment_mb": {str(k): round(v, 1) for k, v in act.items()},
-                     "selora_test_step_increment_mb_big": round(sel_big.get("peak_mb", math.nan)
-                                                                - sel_big.get("start_mb", 0), 1),
-                     "per_sample_gradients_mb_small_computed": round(measured_extra, 2),
-                     "big_latent": big_latent},
+        "at_selora_ranks": paper,
+        "at_rank_4": paper_r4,
+        "measured": {
+            "lora_step_increment_mb": {str(k): round(v, 1) for k, v in act.items()},
+            "selora_test_step_increment_mb_big": round(
+                sel_big.get("peak_mb", math.nan) - sel_big.get("start_mb", 0), 1
+            ),
+            "per_sample_gradients_mb_small_computed": round(measured_extra, 2),
+            "big_latent": big_latent,
+        },
     }
     del trainers, probe
     gc.collect()
 
-    if "engine" not in args.skip:
+    if "engine" not in args.skip and DEVICE.type == "cpu":  # on a GPU: benchmarks/train.py --sd15
         with tempfile.TemporaryDirectory() as tmp:
-            eng = engine_vs_loop(base, args.params, Path(tmp), args.batch_size, args.engine_steps,
-                                 args.latent * sd15.LATENT_FACTOR, args.threads, "sampling" not in args.skip)
+            eng = engine_vs_loop(
+                base,
+                args.params,
+                Path(tmp),
+                args.batch_size,
+                args.engine_steps,
+                args.latent * sd15.LATENT_FACTOR,
+                args.threads,
+                "sampling" not in args.skip,
+            )
         phase("engine_and_sampling")
         result["engine_vs_diffusers_loop"] = eng.pop("engine_vs_diffusers_loop")
         result["engine"] = eng
@@ -663,9 +869,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-SUMMARY = ("step_time_ratio_vs_lora", "selora_test_step_cost_ratio", "peak_memory_ratio_vs_lora",
-           "engine_vs_diffusers_loop", "selora_test_step_extra_mb_at_paper_scale", "sample_vs_pipeline_call",
-           "wall_s")
+SUMMARY = (
+    "step_time_ratio_vs_lora",
+    "selora_test_step_cost_ratio",
+    "peak_memory_ratio_vs_lora",
+    "engine_vs_diffusers_loop",
+    "selora_test_step_extra_mb_at_paper_scale",
+    "sample_vs_pipeline_call",
+    "wall_s",
+)
 METHODS = ["lora", "selora", "lora_r4", "adalora", "dylora"]
 
 
@@ -683,6 +895,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--skip", nargs="*", default=[], choices=["engine", "sampling", "inception"])
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: steadiest on a shared machine)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="cpu", help="cpu, or cuda (phases 1-4; the engine: train.py --sd15)")
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="autocast dtype")
     ap.add_argument("--tiny", action="store_true", help="SD 1.5's layout at toy widths (tests)")
     args = ap.parse_args(argv)
     if not {"lora", "selora"} <= set(args.methods):

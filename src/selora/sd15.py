@@ -23,8 +23,12 @@ UNET: dict[str, Any] = {
     "out_channels": 4,
     "layers_per_block": 2,
     "block_out_channels": [320, 640, 1280, 1280],
-    "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D",
-                         "DownBlock2D"],
+    "down_block_types": [
+        "CrossAttnDownBlock2D",
+        "CrossAttnDownBlock2D",
+        "CrossAttnDownBlock2D",
+        "DownBlock2D",
+    ],
     "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
     "cross_attention_dim": 768,
     "attention_head_dim": 8,
@@ -70,14 +74,26 @@ N_LINEAR = {"unet": 184, "text_encoder": 72}
 LATENT_FACTOR = 8  # pixels per latent cell (3 down-sampling VAE blocks)
 
 
-def scaled(width: int = 32, text_width: int = 32, text_layers: int = 12, heads: int = 2,
-           vocab: int = 1000) -> tuple[dict[str, Any], dict[str, Any]]:
+def scaled(
+    width: int = 32, text_width: int = 32, text_layers: int = 12, heads: int = 2, vocab: int = 1000
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """(U-Net config, text-encoder config) of SD 1.5's layout at toy widths (tests)."""
-    unet = {**UNET, "block_out_channels": [width, width, 2 * width, 2 * width], "cross_attention_dim": text_width,
-            "attention_head_dim": heads, "norm_num_groups": min(32, width // 2)}
-    text = {**TEXT_ENCODER, "hidden_size": text_width, "intermediate_size": 4 * text_width,
-            "num_hidden_layers": text_layers, "num_attention_heads": heads, "projection_dim": text_width,
-            "vocab_size": vocab}
+    unet = {
+        **UNET,
+        "block_out_channels": [width, width, 2 * width, 2 * width],
+        "cross_attention_dim": text_width,
+        "attention_head_dim": heads,
+        "norm_num_groups": min(32, width // 2),
+    }
+    text = {
+        **TEXT_ENCODER,
+        "hidden_size": text_width,
+        "intermediate_size": 4 * text_width,
+        "num_hidden_layers": text_layers,
+        "num_attention_heads": heads,
+        "projection_dim": text_width,
+        "vocab_size": vocab,
+    }
     return unet, text
 
 
