@@ -31,16 +31,22 @@ Units: for a loss that is a mean over the batch (the diffusion MSE), the gradien
 (the mean's 1/N, fp16's GradScaler loss scale S) multiplies both scores alike (by S²), so the ratio
 — the only thing the expansion rule uses — is invariant to it.
 
-Memory: on a test step each layer keeps its per-sample gradients, N·(r·in + out·(r+1)) numbers,
-from its backward until ``after_optimizer_step`` decides (``batch`` mode: r·in + out·(r+1)); about
-N times the adapter's own size, on test steps only.
+Memory: a layer's per-sample gradients, N·(r·in + out·(r+1)) numbers, exist only inside its own
+backward: a layer that ran once in the forward (every layer of SD 1.5) reduces them there to its
+three squared norms. Only a layer that ran more than once (weight sharing, or a forward recomputed
+by gradient checkpointing) keeps them until ``after_optimizer_step``, because its per-sample
+gradients must be summed over the calls before squaring. Holding them for every layer until the end
+of the backward would add N × the adapter's size to a test step (SD 1.5 at the paper's 224 px,
+batch 8: ~80 MB; benchmarks/sd15.py), part of it at the step's activation peak.
 
-**Gradient checkpointing.** Nothing is recorded in the forward: :class:`_ProbedLoRA` saves its
-tensors with ``save_for_backward`` and records in its backward, which autograd runs exactly once per
-real call. Non-reentrant checkpointing re-runs the forward to rebuild the saved tensors but never
-runs that re-run's backward; reentrant checkpointing runs the first forward without a graph and the
-backward of the re-run once. A layer called several times in one forward (weight sharing) gets its
-per-sample gradients summed over the calls before squaring, which is exact too.
+**Gradient checkpointing.** The forward only counts its calls (a recomputed forward counts too,
+which can only make a layer keep its gradients, never reduce them early): :class:`_ProbedLoRA`
+saves its tensors with ``save_for_backward`` and records in its backward, which autograd runs
+exactly once per real call. Non-reentrant checkpointing re-runs the forward to rebuild the saved
+tensors but never runs that re-run's backward; reentrant checkpointing runs the first forward
+without a graph and the backward of the re-run once. A layer called several times in one forward
+(weight sharing) gets its per-sample gradients summed over the calls before squaring, which is
+exact too.
 """
 
 from __future__ import annotations
@@ -72,7 +78,9 @@ class FisherProbe:
         self.mode = mode
         self.scale = scale
         self.calls = 0
+        self.forward_calls = 0  # counted by _ProbedLoRA.forward; recomputed forwards count too
         self.n_samples = 0
+        self.sq: torch.Tensor | None = None  # [3] fp64 squared norms, when reduced in the backward
         self.d_a: torch.Tensor | None = None  # per_sample [N, r, in] | batch [r, in]
         self.d_bk: torch.Tensor | None = None  # [N, out, r+1] | [out, r+1]: ∂L/∂B' (last column: candidate)
 
@@ -111,7 +119,17 @@ class FisherProbe:
         return grad_x, _as(grad_a, a.dtype), _as(grad_b, b.dtype)
 
     def _record(self, n: int, d_a: torch.Tensor, d_bk: torch.Tensor) -> None:
-        if self.d_a is None:
+        if self.sq is not None:
+            raise RuntimeError(
+                "SeLoRA Fisher probe: a second backward reached a layer whose only forward call was "
+                "already scored; call before_forward/after_optimizer_step once per forward/backward"
+            )
+        if self.d_a is None and self.forward_calls <= 1:  # the layer's only call: reduce now
+            r = d_a.shape[-2]
+            self.sq = torch.stack(torch._foreach_norm([d_a, d_bk[..., :r], d_bk[..., r]], 2,
+                                                      dtype=torch.float64)).square()
+            self.n_samples = n
+        elif self.d_a is None:
             self.d_a, self.d_bk, self.n_samples = d_a, d_bk, n
         else:  # the layer ran more than once in this forward: sum gradients before squaring
             if self.mode == "per_sample" and n != self.n_samples:
@@ -138,11 +156,12 @@ def fisher_scores(probes: list[FisherProbe]) -> list[tuple[float, float]]:
     """(FI_orig, FI_new) of each probe that recorded, in float64, with one host sync for all."""
     if not probes:
         return []
-    tensors = [t for p in probes for t in p.parts()]
+    tensors = [t for p in probes if p.sq is None for t in p.parts()]
     # one fused call instead of 3 × layers norms; accumulated in fp64 (fp32 squares of entries below
     # 1e-19 would underflow to 0)
-    norms = torch.stack(torch._foreach_norm(tensors, 2, dtype=torch.float64)).reshape(-1, 3)
-    sq = norms.square()
+    held = iter(torch.stack(torch._foreach_norm(tensors, 2, dtype=torch.float64)).reshape(-1, 3).square()
+                if tensors else ())
+    sq = torch.stack([p.sq if p.sq is not None else next(held) for p in probes])
     factor = torch.tensor([p.n_samples if p.mode == "per_sample" else 1 for p in probes], dtype=torch.float64)
     orig = (sq[:, 0] + sq[:, 1]).cpu() * factor
     new = sq[:, 2].cpu() * factor
@@ -159,6 +178,7 @@ class _ProbedLoRA(torch.autograd.Function):
             v = v * scale
         ctx.save_for_backward(x, v, a, b, k)
         ctx.probe = probe
+        probe.forward_calls += 1
         return F.linear(v, b)
 
     @staticmethod

@@ -191,7 +191,7 @@ class SeLoraAdapter(Adapter):
         """(FI_orig, FI_exp) per probed layer of the current test step (after its backward)."""
         if self._armed is None:
             return {}
-        keys = [k for k, p in self._armed[1].items() if p.d_a is not None]
+        keys = [k for k, p in self._armed[1].items() if p.calls]
         scores = fisher_scores([self._armed[1][k] for k in keys])
         return {k: (o, o + n) for k, (o, n) in zip(keys, scores, strict=True)}
 
