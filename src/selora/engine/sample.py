@@ -6,6 +6,9 @@ images; image j of prompt i always uses seed ``sample.seed + i·k + j`` — the 
 method and training seed, so methods are compared on the same initial noise. Batches pass one
 generator per image, so an image does not depend on the batch it was drawn in; memory is bounded
 by ``sample.batch_size``.
+
+The untouched base model ("no adapter", method ``none``, see :mod:`selora.runlayout`) is sampled
+the same way with no LoRA file loaded: the quality tables' reference row.
 """
 
 from __future__ import annotations
@@ -25,7 +28,15 @@ from selora.engine.train import resolve_device
 from selora.errors import DatasetFormatError, MissingWeightsError
 from selora.imagefolder import read_manifest
 from selora.io import Provenance, atomic_dir, write_json, write_jsonl
-from selora.runlayout import RunId, config_hash, prepared_dir, run_dir, sample_config
+from selora.runlayout import (
+    NO_ADAPTER,
+    RunId,
+    config_hash,
+    no_adapter_sample_config,
+    prepared_dir,
+    run_dir,
+    sample_config,
+)
 
 SCHEDULERS = {
     "ddim": "DDIMScheduler",
@@ -36,14 +47,15 @@ SCHEDULERS = {
 }
 
 
-def build_pipeline(params: Params, adapter_dir: Path, device: torch.device):
+def build_pipeline(params: Params, adapter_dir: Path | None, device: torch.device):
     import diffusers
 
     dtype = None
     if device.type == "cuda" and params.train.mixed_precision in ("fp16", "bf16"):
         dtype = torch.float16 if params.train.mixed_precision == "fp16" else torch.bfloat16
     pipe = load_pipeline(params, torch_dtype=dtype)
-    pipe.load_lora_weights(str(adapter_dir))
+    if adapter_dir is not None:  # None: the untouched base model
+        pipe.load_lora_weights(str(adapter_dir))
     cls = getattr(diffusers, SCHEDULERS[params.sample.scheduler])
     pipe.scheduler = cls.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
@@ -53,14 +65,16 @@ def build_pipeline(params: Params, adapter_dir: Path, device: torch.device):
 def sample(params: Params, run: RunId, *, data_dir: str | Path | None = None,
            out_dir: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
     root = Path(out_dir) if out_dir else run_dir(params, run)
-    adapter_dir = root / "train" / "adapter" / "best"
-    if not (adapter_dir / WEIGHT_NAME).is_file():
+    no_adapter = run.method == NO_ADAPTER
+    adapter_dir = None if no_adapter else root / "train" / "adapter" / "best"
+    if adapter_dir is not None and not (adapter_dir / WEIGHT_NAME).is_file():
         raise MissingWeightsError(f"{adapter_dir / WEIGHT_NAME} does not exist: run `selora train` for "
                                   f"{run.relpath} first")
     out = root / "samples"
-    cfg = sample_config(params, run)
+    cfg = no_adapter_sample_config(params, run.setup) if no_adapter else sample_config(params, run)
     chash = config_hash(cfg)
-    adapter_digest = hashlib.sha256((adapter_dir / WEIGHT_NAME).read_bytes()).hexdigest()[:16]
+    adapter_digest = (None if adapter_dir is None
+                      else hashlib.sha256((adapter_dir / WEIGHT_NAME).read_bytes()).hexdigest()[:16])
     summary_path = out / "summary.json"
     if summary_path.is_file():
         done = json.loads(summary_path.read_text())
@@ -100,7 +114,7 @@ def sample(params: Params, run: RunId, *, data_dir: str | Path | None = None,
             "run": cfg["run"],
             "config_hash": chash,
             "adapter_sha256": adapter_digest,
-            "adapter": str(adapter_dir / WEIGHT_NAME),
+            "adapter": None if adapter_dir is None else str(adapter_dir / WEIGHT_NAME),
             "n_prompts": len(tests),
             "n_images": len(manifest),
             "scheduler": scfg.scheduler,
