@@ -180,7 +180,7 @@ def paired_test(a: Sequence[float], b: Sequence[float]) -> PairedTest:
     if n == 0:
         return PairedTest(0, math.nan, math.nan, math.nan, math.nan)
     std = float(d.std(ddof=1)) if n > 1 else math.nan
-    if n < 2 or std == 0:
+    if n < 2 or std <= 1e-12 * max(1.0, abs(float(d.mean()))):  # no spread (up to rounding): no test
         return PairedTest(n, float(d.mean()), std, math.nan, math.nan)
     res = scipy.stats.ttest_rel(x, y)
     return PairedTest(n, float(d.mean()), std, float(res.statistic), float(res.pvalue))
