@@ -109,6 +109,8 @@ def _train_scalars(logs: dict[str, pd.DataFrame], summary: dict[str, Any]) -> di
     if val is not None and len(val):
         trained = val[val["epoch"] >= 0]  # epoch -1 is the untouched base model
         out["best_val_loss"] = float(trained["val_loss"].min()) if len(trained) else None
+    if summary.get("best_val_loss") is not None:  # the exported epoch's (AdaLoRA: among eligible ones)
+        out["best_val_loss"] = float(summary["best_val_loss"])
     mem = logs.get("memory")
     if mem is not None and len(mem):
         out["mem_mean_mb"] = float(mem["peak_mb"].mean())
