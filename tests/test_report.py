@@ -320,7 +320,7 @@ def test_quality_table_has_the_no_adapter_row_exported_parameters_and_comparison
     from scipy.stats import ttest_rel
 
     assert none[3] == f"p = {ttest_rel([30.0] * 3, [8.0, 9.0, 10.0]).pvalue:.3f} (n=3)"
-    assert "200 bootstrap resamples" in comparison and "2 degrees of freedom" in comparison
+    assert "200 bootstrap resamples" in comparison and "3 seeds it has 2 degree(s) of freedom" in comparison
     html = (res / "tables" / f"quality_{SETUP}.html").read_text()
     assert "<table>" in html and "No adapter (base model)" in html and ">exported params</th>" in html
 

@@ -283,6 +283,7 @@ def comparison_block(params: Params, runs: pd.DataFrame, boot: SetupBootstrap | 
     if not others:
         return []
     conf = f"{100 * exp.statistics.confidence:g}%"
+    n_seeds = len(exp.seeds)
     labels = {"fid": fid_labels(space)["fid"], "kid": "KID"}
     out = []
     for m in others:
@@ -313,10 +314,12 @@ def comparison_block(params: Params, runs: pd.DataFrame, boot: SetupBootstrap | 
         f"{exp.statistics.bootstrap_resamples} bootstrap resamples of the test prompts (real image and "
         "its generated images together, the same resamples for every run; KID there is the unbiased "
         "MMD² over the whole resample). **not significant** = the interval covers 0.",
-        "- Paired t-test over seeds (scipy `ttest_rel`): with 3 seeds it has 2 degrees of freedom and "
-        "only flags gaps that are large against the seed-to-seed spread; a large p means the seeds "
-        "cannot tell the methods apart, not that they are equal. The bootstrap covers test-image noise, "
-        "not training-seed noise; a claim needs both.",
+        "- Paired t-test over seeds (scipy `ttest_rel`): "
+        + (f"with {n_seeds} seeds it has {n_seeds - 1} degree(s) of freedom and only flags gaps that are "
+           "large against the seed-to-seed spread; a large p means the seeds cannot tell the methods "
+           "apart, not that they are equal. "
+           if n_seeds > 1 else f"not possible with {n_seeds} seed (it needs 2 or more). ")
+        + "The bootstrap covers test-image noise, not training-seed noise; a claim needs both.",
         *why,
         "",
         pd.DataFrame(out).to_markdown(index=False, disable_numparse=True),  # keep "+2.000" signed
