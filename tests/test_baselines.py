@@ -133,6 +133,43 @@ def test_adalora_prunes_to_the_target_budget_by_the_end_of_its_schedule(runs):
         assert a.shape[0] == b.shape[1] == ada.rank_map()[part][name]
 
 
+def test_adalora_is_exportable_only_at_its_final_budget(tiny_pipeline, batch):
+    """The engine exports the best *eligible* epoch: every step AdaLoRA allows to be exported holds
+    exactly target_rank · n ranks, and the steps it refuses include ones above that budget."""
+    from adapter_checks import diffusion_loss as loss_of
+
+    cfg = method_cfg("adalora", delta_t=2)
+    parts = tiny_parts(tiny_pipeline)
+    dims = {(p, n): m.in_features + m.out_features
+            for p, module in parts.items() for n, m in linear_modules(module).items()}
+    ada = create_adapter("adalora", cfg, seed=0)
+    ada.attach(parts, STEPS)
+    opt = torch.optim.Adam(ada.trainable_parameters(), lr=LR["adalora"])
+    budget = cfg.target_rank * n_layers(ada)
+    seen = []  # (steps done, exportable, total rank in the export, exported parameters)
+    for step in range(STEPS):
+        total = loss_of(tiny_pipeline, parts, batch) + ada.extra_loss()
+        total.backward()
+        opt.step()
+        ada.after_optimizer_step(step, opt)
+        opt.zero_grad(set_to_none=True)
+        factors = ada.factors()
+        seen.append((step + 1, ada.exportable(step + 1),
+                     sum(a.shape[0] for layers in factors.values() for a, _ in layers.values()),
+                     sum(a.numel() + b.numel() for layers in factors.values() for a, b in layers.values())))
+    final_step = STEPS - ada.tfinal  # peft's final allocation happens at this (0-based) step
+    assert [s for s, ok, _, _ in seen if ok] == list(range(final_step + 1, STEPS + 1))  # done after it
+    assert all(rank == budget for _, ok, rank, _ in seen if ok)
+    assert any(rank > budget for _, ok, rank, _ in seen if not ok)  # the rule matters
+    # The exported parameter count is the budget's: Σ r_i · (in_i + out_i) over the final ranks.
+    expected = sum(r * dims[(p, n)] for p, layers in ada.rank_map().items() for n, r in layers.items())
+    assert seen[-1][3] == expected and sum(sum(v.values()) for v in ada.rank_map().values()) == budget
+    # Without a budget to reallocate every epoch may be exported.
+    flat = create_adapter("adalora", method_cfg("adalora", init_rank=4, target_rank=4), seed=0)
+    flat.attach(tiny_parts(tiny_pipeline), STEPS)
+    assert flat.exportable(1) and not ada.exportable(final_step)
+
+
 def test_adalora_orthogonal_regulariser_is_part_of_the_loss(runs, tiny_pipeline, batch):
     run = runs("adalora")
     ada, weight = run.adapter, method_cfg("adalora").orth_reg_weight

@@ -142,6 +142,17 @@ def test_real_images_score_zero_and_degradations_show_in_the_right_metric(fitted
     assert m["feature_space"]["name"] == "reference" and "not Inception" in m["feature_space"]["label"]
     assert m["clip_score"] is None and m["n_generated"] == 80 and m["prompts_covered"] == 80
     assert json.loads((real / "metrics.json").read_text())["provenance"]["command"] == "selora evaluate"
+    # The generated features are kept for the report's bootstrap: row i came from test prompt i, and
+    # with the reference's real features they give the same FID as metrics.json.
+    from safetensors.torch import load_file
+
+    from selora.metrics.evaluate import load_run_features
+    from selora.metrics.stats import frechet_distance
+
+    feats, real_index = load_run_features(real / m["features_file"])
+    assert real_index.tolist() == list(range(80)) and feats.shape[0] == 80
+    ref_real = load_file(results / "reference" / SETUP / "real_features.safetensors")["fid"]
+    assert frechet_distance(ref_real.numpy(), feats.numpy()) == pytest.approx(m["fid"], abs=1e-6)
 
     fids, kids = [], []
     for i, sigma in enumerate((8.0, 30.0)):

@@ -7,17 +7,25 @@ import math
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 
 from selora.cli import main
 from selora.config import load_params
-from selora.runlayout import RunId, grid, run_dir
+from selora.runlayout import NO_ADAPTER, RunId, grid, no_adapter_runs, run_dir
 
 SETUP = "synthetic-cxr-32"
-METHOD_INDEX = {"lora": 0, "adalora": 1, "dylora": 2, "selora": 3}
-FID_BASE = {"lora": 10.0, "adalora": 20.0, "dylora": 12.0, "selora": 8.0}
+METHOD_INDEX = {"lora": 0, "adalora": 1, "dylora": 2, "selora": 3, NO_ADAPTER: -1}  # base: worst CLIP
+FID_BASE = {"lora": 10.0, "adalora": 20.0, "dylora": 12.0, "selora": 8.0, NO_ADAPTER: 30.0}
+# Generated features = real test features + noise + this mean shift: LoRA, AdaLoRA and no adapter
+# are farther from the real images than SeLoRA (significant), DyLoRA is another draw of SeLoRA's
+# generator (not significant), whatever the per-seed FIDs of metrics.json say.
+FEATURE_SHIFT = {"lora": 0.5, "adalora": 1.0, "dylora": 0.0, "selora": 0.0, NO_ADAPTER: 2.0}
+N_REAL, DIMS = 40, 8
+EXPORT_RANK = {"lora": 4, "adalora": 4, "dylora": 4}  # SeLoRA: 1 + seed; exported = 40 · rank
 VARIANT_FID = {"threshold-1.0": 5.0, "threshold-1.3": 9.0, "test_interval-20": 7.0, "test_interval-80": 8.5}
 PERCENT = {"lora": (0.216, 0.803), "adalora": (0.3, 1.2), "dylora": (0.216, 0.803), "selora": (0.121, 0.368)}
 TEXT_MODULES = [
@@ -48,9 +56,39 @@ def final_rank(method: str, module_index: int, seed: int) -> int:
     return 4 if method in ("lora", "dylora") else 1 + (module_index + seed) % 5
 
 
+def real_features() -> np.ndarray:
+    return np.random.default_rng(0).normal(size=(N_REAL, DIMS))
+
+
+def write_features_and_adapter(folder: Path, run: RunId) -> None:
+    """features.safetensors (as `selora evaluate` writes it) and an exported LoRA file whose
+    parameter count is known: two layers of rank r, 40 · r parameters."""
+    from safetensors.torch import save_file
+
+    from selora.metrics.evaluate import save_run_features
+
+    draw = list(FEATURE_SHIFT).index(run.method)  # (a DyLoRA-SeLoRA twin can look significant by chance
+    noise = np.random.default_rng(100 + 10 * draw + run.seed).normal(  # at 5 %; these draws do not)
+        scale=0.3, size=(N_REAL, DIMS))
+    feats = torch.tensor(real_features() + noise + FEATURE_SHIFT[run.method])
+    save_run_features(folder / "features.safetensors", feats, torch.arange(N_REAL), {"test": True})
+    if run.method == NO_ADAPTER:
+        return
+    r = EXPORT_RANK.get(run.method, 1 + run.seed)
+    best = folder / "train" / "adapter" / "best"
+    best.mkdir(parents=True)
+    save_file({"unet.l.lora_A.weight": torch.zeros(r, 10), "unet.l.lora_B.weight": torch.zeros(20, r),
+               "text_encoder.t.lora_A.weight": torch.zeros(r, 5),
+               "text_encoder.t.lora_B.weight": torch.zeros(5, r)}, best / "pytorch_lora_weights.safetensors")
+
+
 def write_fake_run(folder: Path, run: RunId, real_images: list[Path]) -> None:
     """Training logs, samples and metrics.json of one run, with hand-made numbers."""
     idx = METHOD_INDEX[run.method]
+    write_features_and_adapter(folder, run)
+    if run.method == NO_ADAPTER:
+        _write_samples_and_metrics(folder, run, real_images, idx)
+        return
     logs = folder / "train" / "logs"
     logs.mkdir(parents=True)
     pd.DataFrame(
@@ -99,11 +137,15 @@ def write_fake_run(folder: Path, run: RunId, real_images: list[Path]) -> None:
     (folder / "train" / "summary.json").write_text(
         json.dumps({"run": run.relpath, "train_time_s": 3600 + 60 * idx + run.seed, "steps": STEPS})
     )
+    _write_samples_and_metrics(folder, run, real_images, idx)
+
+
+def _write_samples_and_metrics(folder: Path, run: RunId, real_images: list[Path], idx: int) -> None:
     samples = folder / "samples" / "images"
     samples.mkdir(parents=True)
     manifest = []
     for i, real in enumerate(real_images):
-        Image.new("RGB", (8, 8), (40 * idx, 20 * i, 100)).save(samples / f"{i:05d}.png")
+        Image.new("RGB", (8, 8), (40 * max(idx, 0), 20 * i, 100)).save(samples / f"{i:05d}.png")
         manifest.append(
             {
                 "file_name": f"{i:05d}.png",
@@ -159,8 +201,13 @@ def _make_results(root: Path) -> tuple:
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.new("RGB", (8, 8), (10 * i, 10 * i, 10 * i)).save(path)
         reals.append(path)
-    for run in grid(params):
+    for run in [*grid(params), *no_adapter_runs(params)]:
         write_fake_run(run_dir(params, run), run, reals)
+    ref = root / "results" / "reference" / SETUP
+    ref.mkdir(parents=True)
+    from safetensors.torch import save_file
+
+    save_file({"fid": torch.tensor(real_features())}, ref / "real_features.safetensors")
     return params, root / "results"
 
 
@@ -214,7 +261,7 @@ def test_mean_and_std_over_seeds_on_hand_made_numbers():
 # ----------------------------------------------------------------------------- tables
 def test_quality_table_states_its_configuration_and_aggregates_seeds(built):
     _, res, out = built
-    assert out["missing"] == 0 and out["runs"] == 16
+    assert out["missing"] == 0 and out["runs"] == 17  # 16 grid runs + the no-adapter run
     md = _read(res, f"quality_{SETUP}.md")
     assert "stand-in for paper Table 1" in md
     for text in (
@@ -237,12 +284,56 @@ def test_quality_table_states_its_configuration_and_aggregates_seeds(built):
     assert selora[1] == "**9.000 ± 1.000**"  # lowest FID in bold
     assert lora[2] == "25.10 ± 0.10" and selora[2] == "**28.10 ± 0.10**"
     assert lora[5] == "0.011 ± 0.001"  # KID, as computed (no scaling)
-    assert _row(md, "DyLoRA")[-2] == "70.0 ± 0.0"  # finding accuracy in %
+    assert _row(md, "DyLoRA")[-3] == "70.0 ± 0.0"  # finding accuracy in % (last: exported params)
     summary = pd.read_csv(res / "tables" / "summary.csv")
-    assert len(summary) == 16 and set(summary.status) == {"complete"}
+    assert len(summary) == 17 and set(summary.status) == {"complete"}
     agg = pd.read_csv(res / "tables" / "aggregate.csv")
     row = agg[(agg.method == "lora") & (agg.variant == "default")].iloc[0]
     assert row.fid_mean == 11.0 and row.fid_std == 1.0 and row.fid_n == 3
+
+
+def test_quality_table_has_the_no_adapter_row_exported_parameters_and_comparisons(built):
+    _, res, _ = built
+    md = _read(res, f"quality_{SETUP}.md")
+    main, comparison = md.split("## Against SeLoRA")
+    header = _row(main, "Method")
+    base = _row(main, "No adapter (base model)")
+    assert base[1] == "30.000"  # one run, no ± and no "n=1/3" warning: it has no training seed
+    assert header[-1] == "exported params" and base[-1] == "0"
+    assert _row(main, "LoRA")[-1] == "160 ± 0"  # two layers of rank 4: 4·(10 + 20) + 4·(5 + 5)
+    assert _row(main, "SeLoRA")[-1] == "80 ± 40"  # ranks 1, 2, 3 over the seeds
+    cmp_header = _row(comparison, "Method − SeLoRA")
+    assert cmp_header[1:4] == [
+        "Δ FID-ref 128 [95% CI]", "FID-ref 128: bootstrap", "FID-ref 128: paired t over seeds"]
+    lora, dylora, none = (_row(comparison, m) for m in ("LoRA", "DyLoRA", "No adapter (base model)"))
+    # Features shifted away from the real ones are significantly worse; another draw of SeLoRA's
+    # generator is not, however far its metrics.json FID is.
+    assert lora[2] == lora[5] == "significant" and none[2] == "significant"
+    assert dylora[2] == dylora[5] == "not significant"
+    lo, hi = (float(x) for x in dylora[1].split("[")[1].rstrip("]").split(","))
+    assert lo <= 0 <= hi and dylora[1].startswith("+4.000 [")  # Δ from the per-seed FIDs: 13 − 9
+    lo, hi = (float(x) for x in lora[1].split("[")[1].rstrip("]").split(","))
+    assert 0 < lo < hi
+    # Per-seed differences that are all equal leave nothing for a t-test; the no-adapter run's one
+    # value against SeLoRA's 8, 9, 10 does: t-test over the three pairs.
+    assert lora[3] == "— (n=3, no spread)"
+    from scipy.stats import ttest_rel
+
+    assert none[3] == f"p = {ttest_rel([30.0] * 3, [8.0, 9.0, 10.0]).pvalue:.3f} (n=3)"
+    assert "200 bootstrap resamples" in comparison and "3 seeds it has 2 degree(s) of freedom" in comparison
+    html = (res / "tables" / f"quality_{SETUP}.html").read_text()
+    assert "<table>" in html and "No adapter (base model)" in html and ">exported params</th>" in html
+
+
+def test_bootstrap_without_features_says_why_and_keeps_the_table(results):
+    from selora.report import build_report
+
+    params, res = results
+    (run_dir(params, RunId(SETUP, "lora", "default", 1)) / "features.safetensors").unlink()
+    build_report(params, figures=False)
+    md = _read(res, f"quality_{SETUP}.md")
+    assert "No bootstrap interval: no features.safetensors for lora/seed1" in md
+    assert _row(md.split("## Against SeLoRA")[1], "LoRA")[1:3] == ["+2.000", "—"]
 
 
 def test_missing_seeds_are_flagged_and_listed_never_silently_averaged(results, capsys):
@@ -257,14 +348,14 @@ def test_missing_seeds_are_flagged_and_listed_never_silently_averaged(results, c
     assert _row(md, "LoRA")[1] == "10.500 ± 0.707 ⚠ n=2/3"
     assert _row(md, "SeLoRA")[1] == "9.000 ± 1.414 ⚠ n=2/3"  # not bold: incomplete cells are not "best"
     assert _row(md, "DyLoRA")[1] == "**13.000 ± 1.000**"
-    assert "Missing runs (2 of 12)" in md
+    assert "Missing runs (2 of 13)" in md
     assert f"`{SETUP}/lora/default/seed2`: no metrics.json (not evaluated)" in md
     assert f"`{SETUP}/selora/default/seed1`: not run" in md
-    assert "seed1`: not run" in _read(res, "time.md") and "2 of 16" not in _read(res, "index.md")
-    assert "14 of 16 evaluated" in _read(res, "index.md")
+    assert "seed1`: not run" in _read(res, "time.md") and "2 of 17" not in _read(res, "index.md")
+    assert "15 of 17 evaluated" in _read(res, "index.md")
     code = main(["report", "--set", f"paths.results={res}", "--strict"])
     err = capsys.readouterr().err
-    assert code == 2 and "2 of 16 runs have no metrics.json" in err and "lora/default/seed2" in err
+    assert code == 2 and "2 of 17 runs have no metrics.json" in err and "lora/default/seed2" in err
 
 
 def test_lambda_and_t_ablation_tables(built):
@@ -319,7 +410,11 @@ def test_paper_vs_ours_keeps_the_source_table_and_says_what_compares(built):
         r[0] == "Table 2" and r[-1] == "no run of this data set in this experiment" for r in _rows(cmp_part)
     )
     fid_rank = next(r for r in _rows(rank_part) if r[0] == "Table 1" and r[3] == "FID")
-    assert fid_rank[4:] == ["SeLoRA < LoRA < DyLoRA < AdaLoRA"] * 2 + ["yes"]
+    assert fid_rank[4:7] == ["SeLoRA < LoRA < DyLoRA < AdaLoRA"] * 2 + ["yes"]
+    # Same order: Kendall τ = 1; but in the features DyLoRA is SeLoRA's twin and beats LoRA, so the
+    # bootstrap never reproduces the paper's whole order while SeLoRA is mostly, not always, best.
+    assert fid_rank[7] == "+1.00 (p = 0.08)" and fid_rank[9] == "0%"
+    assert 50 <= int(fid_rank[8].rstrip("%")) < 100
     clip_rank = next(r for r in _rows(rank_part) if r[0] == "Table 1" and r[3] == "CLIP score")
     assert clip_rank[4] == "SeLoRA > LoRA > AdaLoRA > DyLoRA" and clip_rank[6] == "yes"
 

@@ -63,6 +63,7 @@ def test_dry_run_of_the_default_grid(tmp_path):
     counts = job_counts(res.stdout)
     assert counts["train"] == counts["sample"] == counts["evaluate"] == n == 16
     assert counts["report"] == counts["pretrain_base"] == counts["make_synthetic"] == 1
+    assert counts["sample_no_adapter"] == counts["evaluate_no_adapter"] == 1  # the base model, once per setup
 
 
 @pytest.mark.parametrize("profile", [False, True], ids=["local", "slurm-profile"])
@@ -367,8 +368,52 @@ def test_reduced_grid_runs_end_to_end_into_every_table_and_figure(e2e):
         card = ModelCard.load(adapters / which / "README.md")
         assert "selora" in card.data.tags and card.data.base_model is None  # the miniature: not on a hub
     assert "best_val_loss" in (adapters / "best" / "README.md").read_text()
+    # The untouched base model is a row, every row shows its exported parameters, and every method
+    # is compared with SeLoRA with a bootstrap interval (all runs kept their features).
+    main, against = quality.split("## Against SeLoRA")
+    base = next(line for line in main.splitlines() if line.startswith("| No adapter (base model)"))
+    assert base.strip(" |").split("|")[-1].strip() == "0" and "exported params" in main
+    assert "No bootstrap interval" not in against
+    assert sum(line.count("significant") for line in against.splitlines() if line.startswith("| ")) == 8
     again = snakemake("--cores", "2", cwd=wd)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_adalora_exports_its_target_budget_not_an_earlier_epoch(e2e):
+    """Reduced grid: 11 steps per epoch, 22 in all, AdaLoRA's final allocation at step 13, so epoch 0
+    may not be exported however low its validation loss; the exported ranks sum to 4 per layer."""
+    wd, res = e2e
+    assert res.returncode == 0
+    run = wd / "results" / "runs" / "synthetic-cxr-32" / "adalora" / "default" / "seed0" / "train"
+    info = json.loads((run / "adapter" / "best" / "adapter.json").read_text())
+    ranks = json.loads((run / "adapter" / "best" / "ranks.json").read_text())
+    summary = json.loads((run / "summary.json").read_text())
+    tfinal = round(0.4 * summary["steps"])
+    assert info["step"] > summary["steps"] - tfinal and info["epoch"] == summary["best_epoch"]
+    n = sum(len(layers) for layers in ranks.values())
+    assert sum(r for layers in ranks.values() for r in layers.values()) == 4 * n  # target_rank · layers
+
+
+def test_snakemake_report_holds_the_tables_and_figures_with_captions(e2e):
+    """`snakemake --report` writes one self-contained HTML page with every table (inline HTML) and
+    figure, each with its caption."""
+    import base64
+
+    wd, res = e2e
+    assert res.returncode == 0
+    rep = snakemake("--report", "results/report.html", cwd=wd)
+    assert rep.returncode == 0, rep.stderr[-3000:]
+    page = (wd / "results" / "report.html").read_text(encoding="utf-8")
+    for name in ("quality_synthetic-cxr-32.html", "paper_vs_ours.html", "parameters.html",
+                 "qualitative_synthetic-cxr-32.png", "loss_synthetic-cxr-32.png"):
+        assert f"filename={name}" in page, name
+    # Captions rendered per file (from workflow/report/*.rst, picked by the file name).
+    for text in ("the reference every adapter must beat", "Kendall", "Wall-clock training time",
+                 "The real test image beside each method"):
+        assert text in page, text
+    quality = re.search(r"filename=quality_synthetic-cxr-32\.html;base64,([A-Za-z0-9+/=]+)", page)
+    table = base64.b64decode(quality[1]).decode()
+    assert "No adapter (base model)" in table and "Against SeLoRA" in table and "<table>" in table
 
 
 def test_dvc_adopts_the_snakemake_outputs_and_is_up_to_date(e2e_dvc):
@@ -380,14 +425,16 @@ def test_dvc_adopts_the_snakemake_outputs_and_is_up_to_date(e2e_dvc):
 
 
 CHANGES = {  # one param changed → the jobs that must rerun (the reduced grid: 6 runs)
-    "sample.steps": ({"sample": {"steps": 5}}, {"sample": 6, "evaluate": 6, "report": 1}),
+    "sample.steps": ({"sample": {"steps": 5}}, {"sample": 6, "evaluate": 6, "sample_no_adapter": 1,
+                                                "evaluate_no_adapter": 1, "report": 1}),
     # The threshold-1.3 run sets λ itself, so only the runs that use the base λ retrain.
     "methods.selora.threshold": ({"methods": {"selora": {"threshold": 1.2}}},
                                  {"train": 2, "sample": 2, "evaluate": 2, "report": 1}),
     # Issue 13: these two made only one of the tools rerun.
     "train.checkpoint_every": ({"train": {"checkpoint_every": 7}}, {}),
     "base_model.revision": ({"base_model": {"revision": "main"}},
-                            {"train": 6, "sample": 6, "evaluate": 6, "report": 1}),
+                            {"train": 6, "sample": 6, "evaluate": 6, "sample_no_adapter": 1,
+                             "evaluate_no_adapter": 1, "report": 1}),
 }
 
 

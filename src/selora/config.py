@@ -241,11 +241,20 @@ class AblationConfig:
 
 
 @dataclass(frozen=True)
+class StatisticsConfig:
+    bootstrap_resamples: int
+    confidence: float
+    seed: int
+
+
+@dataclass(frozen=True)
 class ExperimentConfig:
     setups: list[str]
     methods: list[str]
     seeds: list[int]
     ablation: AblationConfig
+    no_adapter: bool
+    statistics: StatisticsConfig
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,14 @@ import yaml
 
 from selora.config import apply_overrides, load_params, read_params_file
 from selora.errors import ConfigError
-from selora.runlayout import RunId, config_hash, run_config, sample_config, variant_overrides
+from selora.runlayout import (
+    RunId,
+    config_hash,
+    no_adapter_sample_config,
+    run_config,
+    sample_config,
+    variant_overrides,
+)
 
 Config = Mapping[str, Any]
 Wildcards = Mapping[str, str]
@@ -62,9 +69,11 @@ JOB_CONFIGS: dict[str, Callable[[Config, Wildcards], Any]] = {
     "prepare": lambda c, w: [c["seed"], c["setups"][w["setup"]], _dataset(c, w)],
     "train": lambda c, w: [run_config(*_run(c, w)), c["seed"]],  # the seed draws the validation batches
     "sample": lambda c, w: sample_config(*_run(c, w)),
+    "sample_no_adapter": lambda c, w: no_adapter_sample_config(SimpleNamespace(raw=c), w["setup"]),
     "fit_reference": lambda c, w: {"seed": c["seed"], "evaluate": c["evaluate"],
                                    f"setups.{w['setup']}": c["setups"][w["setup"]]},
     "evaluate": lambda c, w: {"evaluate": c["evaluate"]},
+    "evaluate_no_adapter": lambda c, w: {"evaluate": c["evaluate"]},
     "report": lambda c, w: {"experiment": c["experiment"]},
 }
 LOCAL_RULES = ("all",)  # targets only: no command, no DVC stage

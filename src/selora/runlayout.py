@@ -27,6 +27,12 @@ No timestamped folders. Each training run is identified by (setup, method, varia
                                     seed, k
             summary.json
         metrics.json                FID 64/192/2048 (+ feature space), KID, CLIP score, finding accuracy
+        features.safetensors        generated images' final-tap features + their test-prompt rows
+                                    (for the report's bootstrap over test images)
+
+The untouched base model ("no adapter", the reference every adapter must beat) is sampled and
+evaluated like a run, once per setup, at ``<results>/runs/<setup>/none/default/seed0/`` (no
+``train/``; it has no training seed, and its images use the same sampling seeds as every run).
 
 Per setup, ``selora evaluate --fit-reference`` writes the evaluation reference every run of that
 setup is scored against: ``<results>/reference/<setup>/`` (reference.json, real test features,
@@ -49,6 +55,7 @@ from selora.errors import ConfigError
 
 DEFAULT_VARIANT = "default"
 ABLATION_KEYS = ("threshold", "test_interval")
+NO_ADAPTER = "none"  # the method name of the untouched base model's run
 
 
 @dataclass(frozen=True)
@@ -107,6 +114,29 @@ def grid(params: Params) -> list[RunId]:
                 for seed in abl.seeds:
                     runs.append(RunId(setup, "selora", variant_name(key, value), seed))
     return runs
+
+
+def no_adapter_run(setup: str) -> RunId:
+    """The base model's run of ``setup``: seed 0 by convention (nothing is trained, so no seed)."""
+    return RunId(setup, NO_ADAPTER, DEFAULT_VARIANT, 0)
+
+
+def no_adapter_runs(params: Params) -> list[RunId]:
+    """One no-adapter run per main setup when ``experiment.no_adapter`` is on (the default)."""
+    if not params.experiment.no_adapter:
+        return []
+    return [no_adapter_run(s) for s in params.experiment.setups]
+
+
+def no_adapter_sample_config(params: Params, setup: str) -> dict[str, Any]:
+    """Everything that decides the base model's samples (no method, no training)."""
+    return {
+        "run": {"setup": setup, "method": NO_ADAPTER, "variant": DEFAULT_VARIANT, "seed": 0},
+        "base_model": params.raw["base_model"],
+        "setup": params.raw["setups"][setup],
+        "mixed_precision": params.raw["train"]["mixed_precision"],
+        "sample": params.raw["sample"],
+    }
 
 
 def run_config(params: Params, run: RunId) -> dict[str, Any]:

@@ -1,5 +1,7 @@
 # Evaluate: the setup's reference (real test features; for the embedded default also the reference
-# network that reads the findings) once per setup, then every run's samples against it.
+# network that reads the findings) once per setup, then every run's samples against it (and the
+# untouched base model's, sampled by sample_no_adapter). Each writes metrics.json and the generated
+# features the report bootstraps over.
 
 
 rule fit_reference:
@@ -29,11 +31,12 @@ rule evaluate:
         samples=f"{RUN}/samples",
         reference=f"{RESULTS}/reference/{{setup}}",
     output:
-        f"{RUN}/metrics.json",
+        metrics=f"{RUN}/metrics.json",
+        features=f"{RUN}/features.safetensors",
     params:
         params=PARAMS_ARGS,
         depends=job_hash("evaluate"),
-        run_dir=lambda wildcards, output: str(Path(output[0]).parent),
+        run_dir=lambda wildcards, output: str(Path(output.metrics).parent),
     log:
         f"{LOGS}/evaluate/{{setup}}/{{method}}/{{variant}}/seed{{seed}}.log",
     threads: 1
@@ -46,3 +49,14 @@ rule evaluate:
     shell:
         "selora evaluate {params.params} --run-dir {params.run_dir} --reference {input.reference} "
         "--quiet > {log} 2>&1"
+
+
+use rule evaluate as evaluate_no_adapter with:
+    input:
+        samples=f"{NO_ADAPTER_RUN}/samples",
+        reference=f"{RESULTS}/reference/{{setup}}",
+    output:
+        metrics=f"{NO_ADAPTER_RUN}/metrics.json",
+        features=f"{NO_ADAPTER_RUN}/features.safetensors",
+    log:
+        f"{LOGS}/evaluate/{{setup}}/{NO_ADAPTER}/default/seed0.log",

@@ -14,6 +14,10 @@ keep the handle. Per optimiser step (:mod:`selora.adapters.base` hook order):
 Each layer computes ΔW = B · diag(E) · A · alpha / (ranknum + 1e-5); the export folds E, the mask and
 the scale into the factors and drops pruned triplets, so the standard file has each layer's final rank.
 With ``target_rank == init_rank`` there is no budget to reallocate and the allocation is skipped.
+
+Fair budget: the engine exports the best validation epoch, but only among epochs that end after the
+final allocation (:meth:`AdaLoraAdapter.exportable`), so the exported adapter has exactly the target
+budget of ``target_rank · n`` ranks (fewer only on importance ties) like every other method's r = 4.
 """
 
 from __future__ import annotations
@@ -135,6 +139,13 @@ class AdaLoraAdapter(Adapter):
                 for name, rank in layers.items():
                     self._rows.append({"step": step, "part": part, "module": name, "rank": rank,
                                        "budget": int(budget)})
+
+    def exportable(self, steps_done: int) -> bool:
+        """Only after the final allocation (step ``total − tfinal``): before it the adapter holds more
+        than ``target_rank · n`` ranks (all ``init_rank`` ones before ``tinit``; and between
+        allocations Adam revives masked triplets), so an early "best" epoch would break the budget
+        the comparison promises. From then on peft re-applies the final mask after every step."""
+        return self.init_rank == self.target_rank or steps_done > self.total_steps - self.tfinal
 
     def history(self) -> list[dict[str, Any]]:
         rows, self._rows = self._rows, []

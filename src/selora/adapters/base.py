@@ -21,6 +21,8 @@ which method it runs; per optimiser step it calls::
 - In ``eval()`` mode every method computes its full, final adapter (DyLoRA: full rank).
 - ``factors()`` returns exportable per-layer (A [r, in], B [out, r]) with the scale folded into B;
   ``export`` writes the standard LoRA file every method shares (:mod:`selora.adapters.export`).
+- ``exportable(steps_done)`` says whether the current adapter may become the exported "best" epoch
+  (the loop never picks an epoch it refuses; the last epoch is always allowed).
 - ``state_dict`` / ``load_state_dict`` hold everything needed to resume bit-identically
   (weights, current ranks/masks, method RNG), apart from the optimiser which the loop saves.
 """
@@ -129,6 +131,13 @@ class Adapter(abc.ABC):
     @abc.abstractmethod
     def factors(self) -> dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
         """Exportable (A [r, in], B [out, r]) per layer, scale folded into B, pruned ranks dropped."""
+
+    def exportable(self, steps_done: int) -> bool:
+        """May the adapter after ``steps_done`` optimiser steps be exported as the run's best epoch?
+
+        Only when it is the model the comparison promises: AdaLoRA not before its final budget
+        allocation (earlier it holds more ranks than its target). Default: every epoch may."""
+        return True
 
     def history(self) -> list[dict[str, Any]]:
         """Rows logged since the last call (e.g. SeLoRA's per-test ranks and FI-Ratios)."""

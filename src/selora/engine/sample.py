@@ -10,6 +10,9 @@ by ``sample.batch_size``.
 The adapter folder is verified against its ``SHA256SUMS`` before use, and finished samples are
 reused only when the adapter, the base model, the prepared test prompts and the sample params are
 all the ones they were drawn with; otherwise they are drawn again.
+
+The untouched base model ("no adapter", method ``none``, see :mod:`selora.runlayout`) is sampled
+the same way with no LoRA file loaded: the quality tables' reference row.
 """
 
 from __future__ import annotations
@@ -38,10 +41,12 @@ from selora.io import (
     write_jsonl,
 )
 from selora.runlayout import (
+    NO_ADAPTER,
     RunId,
     base_model_identity,
     config_hash,
     data_identity,
+    no_adapter_sample_config,
     prepared_dir,
     run_dir,
     sample_config,
@@ -56,14 +61,15 @@ SCHEDULERS = {
 }
 
 
-def build_pipeline(params: Params, adapter_dir: Path, device: torch.device):
+def build_pipeline(params: Params, adapter_dir: Path | None, device: torch.device):
     import diffusers
 
     dtype = None
     if device.type == "cuda" and params.train.mixed_precision in ("fp16", "bf16"):
         dtype = torch.float16 if params.train.mixed_precision == "fp16" else torch.bfloat16
     pipe = load_pipeline(params, torch_dtype=dtype)
-    pipe.load_lora_weights(str(adapter_dir))
+    if adapter_dir is not None:  # None: the untouched base model
+        pipe.load_lora_weights(str(adapter_dir))
     cls = getattr(diffusers, SCHEDULERS[params.sample.scheduler])
     pipe.scheduler = cls.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
@@ -73,20 +79,21 @@ def build_pipeline(params: Params, adapter_dir: Path, device: torch.device):
 def sample(params: Params, run: RunId, *, data_dir: str | Path | None = None,
            out_dir: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
     root = Path(out_dir) if out_dir else run_dir(params, run)
-    adapter_dir = root / "train" / "adapter" / "best"
-    if not (adapter_dir / WEIGHT_NAME).is_file():
+    no_adapter = run.method == NO_ADAPTER
+    adapter_dir = None if no_adapter else root / "train" / "adapter" / "best"
+    if adapter_dir is not None and not (adapter_dir / WEIGHT_NAME).is_file():
         raise MissingWeightsError(f"{adapter_dir / WEIGHT_NAME} does not exist: run `selora train` for "
                                   f"{run.relpath} first")
-    problem = verify_checksums(adapter_dir)
+    problem = verify_checksums(adapter_dir) if adapter_dir is not None else None
     if problem:
         raise SeloraError(f"the adapter of {run.relpath} is not trustworthy: {problem}. Run `selora train` "
                           "for it again (it republishes the adapter from its verified checkpoint)")
     out = root / "samples"
     # A killed sampling leaves .samples.*.tmp / .samples.old-* next to samples/.
     report_leftovers(root, of=out.name)
-    cfg = sample_config(params, run)
+    cfg = no_adapter_sample_config(params, run.setup) if no_adapter else sample_config(params, run)
     chash = config_hash(cfg)
-    adapter_digest = file_sha256(adapter_dir / WEIGHT_NAME)[:16]
+    adapter_digest = None if adapter_dir is None else file_sha256(adapter_dir / WEIGHT_NAME)[:16]
     data_dir = Path(data_dir) if data_dir else prepared_dir(params, run.setup)
     inputs = {"data": data_identity(data_dir), "base_model": base_model_identity(params)}
     summary_path = out / "summary.json"
@@ -135,7 +142,7 @@ def sample(params: Params, run: RunId, *, data_dir: str | Path | None = None,
             "config_hash": chash,
             "adapter_sha256": adapter_digest,
             "inputs": inputs,
-            "adapter": str(adapter_dir / WEIGHT_NAME),
+            "adapter": None if adapter_dir is None else str(adapter_dir / WEIGHT_NAME),
             "n_prompts": len(tests),
             "n_images": len(manifest),
             "scheduler": scfg.scheduler,

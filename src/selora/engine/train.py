@@ -358,7 +358,8 @@ def train(params: Params, run: RunId, *, data_dir: str | Path | None = None,
             clock["validation_s"] += time.perf_counter() - t_val
         else:
             val = float("nan")  # no validation split (Montgomery, as the paper): the last epoch is kept
-        is_best = draws is None or val < best
+        # Only an adapter the method allows to be exported competes (AdaLoRA: after its final budget).
+        is_best = adapter.exportable(step) and (draws is None or val < best)
         if is_best:
             best, best_epoch = (val if draws is not None else best), epoch
             # Kept inside the checkpoint folder until the run ends: Snakemake and DVC delete a

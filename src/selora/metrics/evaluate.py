@@ -17,7 +17,11 @@ reference-network FID for an Inception FID::
     clip_score, clip_score_real, clip_model             null when evaluate.clip_model is null
     finding_accuracy, finding_balanced_accuracy, finding_exact_match, findings (per finding)
                               null (+ finding_accuracy_skipped: why) without a passing reference network
-    n_generated, n_real, prompts_covered, test_prompts, reference, provenance
+    n_generated, n_real, prompts_covered, test_prompts, reference, features_file, provenance
+
+and ``features.safetensors`` beside it: the generated images' final-tap features ("fid", float64
+[N, d]) and "real_index" [N] (the row of the reference's real features whose prompt made each
+image), so ``selora report`` can bootstrap FID/KID over test images without re-extracting.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import torch
 from selora.config import Params
 from selora.errors import ConfigError, DatasetFormatError, MissingWeightsError, SeloraError
 from selora.imagefolder import read_manifest, split_hash
-from selora.io import Provenance, atomic_dir, file_sha256, report_leftovers, write_json
+from selora.io import Provenance, atomic_dir, atomic_path, file_sha256, report_leftovers, write_json
 from selora.metrics import frechet
 from selora.metrics.reference import (
     ReferenceModel,
@@ -48,6 +52,7 @@ from selora.runlayout import RunId, data_identity, prepared_dir
 REFERENCE_JSON = "reference.json"
 REAL_FEATURES = "real_features.safetensors"
 METRICS_JSON = "metrics.json"
+RUN_FEATURES = "features.safetensors"
 TAP_ROLES = ("fid", "fid_mid", "fid_low")
 
 
@@ -341,9 +346,31 @@ def evaluate_run(
         "samples_manifest_sha256": file_sha256(run_dir / "samples" / "manifest.jsonl"),
         "reference_sha256": file_sha256(ref_dir / REFERENCE_JSON),
     }
+    position = {str(r["source_id"]): i for i, r in enumerate(test_rows)}  # the real features' order
+    real_index = torch.tensor([position[s.source_id] for s in samples], dtype=torch.int64)
+    save_run_features(run_dir / RUN_FEATURES, fake["fid"], real_index, prov.as_dict())
+    metrics["features_file"] = RUN_FEATURES
     metrics["provenance"] = prov.as_dict()
     write_json(run_dir / METRICS_JSON, metrics)
     return metrics
+
+
+def save_run_features(path: Path, features: torch.Tensor, real_index: torch.Tensor,
+                      provenance: dict[str, Any]) -> None:
+    """Write a run's generated features and their test-prompt rows atomically (small: N × d)."""
+    from safetensors.torch import save_file
+
+    with atomic_path(path, suffix=".safetensors") as tmp:
+        save_file({"fid": features.double().contiguous(), "real_index": real_index.contiguous()}, tmp,
+                  metadata={"provenance": json.dumps(provenance, default=str)})
+
+
+def load_run_features(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """(features [N, d], real_index [N]) written by :func:`save_run_features`."""
+    from safetensors.torch import load_file
+
+    data = load_file(path)
+    return data["fid"], data["real_index"]
 
 
 __all__ = ["ReferenceGateError", "SampleError", "evaluate_run", "feature_space", "fit_setup"]

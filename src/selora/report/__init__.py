@@ -6,7 +6,9 @@ stale survives a rerun::
 
     <results>/tables/
         index.md                     what is where, the paper table each file reproduces, missing runs
-        quality_<setup>.md           paper Tables 1/2 (224 px) and 5/6 (384 px) + KID, finding accuracy
+        quality_<setup>.md           paper Tables 1/2 (224 px) and 5/6 (384 px) + KID, finding accuracy,
+                                     exported parameters, the no-adapter row, methods against SeLoRA
+                                     (bootstrap intervals over test images, paired t-tests over seeds)
         ablation_threshold.md        paper Table 3 (λ)
         ablation_test_interval.md    the t ablation the reviewers asked for
         memory.md, time.md           paper Tables 7 and 8
@@ -15,6 +17,7 @@ stale survives a rerun::
         summary.csv                  one row per expected run (machine-readable)
         aggregate.csv                mean / std / n per setup × method × variant
         provenance.json
+        *.html                       every .md table rendered to HTML, for `snakemake --report`
     <results>/figures/*.png          see :mod:`~selora.report.figures`
 """
 
@@ -80,6 +83,27 @@ def _index(params: Params, col: Collected, tables: list[str], figures: list[Path
     return "\n".join([*lines, "", GENERATED_NOTE, ""])
 
 
+HTML_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 1.5em; line-height: 1.4; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
+th, td { border: 1px solid #bbb; padding: 0.25em 0.5em; text-align: left; }
+th { background: #eee; }
+code { background: #f4f4f4; padding: 0 0.2em; }
+"""
+
+
+def to_html(markdown: str, title: str) -> str:
+    """A table document as a standalone HTML page (markdown-it, CommonMark + tables), so that
+    Snakemake's report shows it inline rather than as a download."""
+    from html import escape
+
+    from markdown_it import MarkdownIt
+
+    body = MarkdownIt("commonmark").enable("table").render(markdown)
+    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{escape(title)}</title>"
+            f"<style>{HTML_STYLE}</style></head>\n<body>\n{body}</body></html>\n")
+
+
 def build_report(
     params: Params, results: str | Path | None = None, strict: bool = False, figures: bool = True
 ) -> dict[str, Any]:
@@ -96,13 +120,17 @@ def build_report(
         raise IncompleteRunsError(
             f"--strict: {len(miss)} of {len(col.runs)} runs have no metrics.json: {names}"
         )
-    docs = {f"quality_{s}.md": tables.quality_table(params, col, s) for s in params.experiment.setups}
+    from selora.report.significance import bootstrap_setup
+
+    boots = {s: bootstrap_setup(params, col, results, s) for s in params.experiment.setups}
+    docs = {f"quality_{s}.md": tables.quality_table(params, col, s, boots[s])
+            for s in params.experiment.setups}
     docs["ablation_threshold.md"] = tables.ablation_table(params, col, "threshold")
     docs["ablation_test_interval.md"] = tables.ablation_table(params, col, "test_interval")
     docs["memory.md"] = tables.efficiency_table(params, col, "memory")
     docs["time.md"] = tables.efficiency_table(params, col, "time")
     docs["parameters.md"] = tables.parameters_table(params, col)
-    docs["paper_vs_ours.md"] = paper.paper_vs_ours(params, col)
+    docs["paper_vs_ours.md"] = paper.paper_vs_ours(params, col, boots)
     written = sorted((results / "figures").glob("*.png"))  # kept as they are without figures=True
     if figures:
         from selora.report.figures import all_figures
@@ -111,14 +139,15 @@ def build_report(
             written = [results / "figures" / p.name for p in all_figures(params, col, fig_tmp)]
     runs, agg = _summary_frames(col)
     with atomic_dir(results / "tables") as tmp:
+        docs["index.md"] = _index(params, col, list(docs), written)
         for name, text in docs.items():
             write_text(tmp / name, text)
-        write_text(tmp / "index.md", _index(params, col, list(docs), written))
+            write_text(tmp / name.replace(".md", ".html"), to_html(text, name.removesuffix(".md")))
         runs.to_csv(tmp / "summary.csv", index=False)
         agg.to_csv(tmp / "aggregate.csv", index=False)
         write_json(tmp / "provenance.json", prov.as_dict(results=str(results)))
     return {
-        "tables": [str(results / "tables" / n) for n in docs],
+        "tables": [str(results / "tables" / n) for n in docs if n != "index.md"],
         "figures": [str(p) for p in written],
         "runs": len(col.runs),
         "missing": len(miss),

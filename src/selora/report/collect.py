@@ -2,7 +2,10 @@
 
 One row per expected run, whether it exists or not: a report over a partial grid must say what is
 missing rather than average fewer seeds than configured. Training quantities (parameter counts,
-memory, time, final ranks) come from the training logs; image metrics from ``metrics.json``.
+memory, time, final ranks) come from the training logs; image metrics from ``metrics.json``; the
+exported parameter count from the best adapter's LoRA file (what sampling actually loaded). The
+untouched base model's run (method ``none``, see :func:`selora.runlayout.no_adapter_runs`) is
+collected too: it has no training, so it counts as trained, with 0 exported parameters.
 """
 
 from __future__ import annotations
@@ -12,11 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from selora.config import Params
 from selora.errors import DatasetFormatError
-from selora.runlayout import RunId, grid, run_dir
+from selora.runlayout import NO_ADAPTER, RunId, grid, no_adapter_runs, run_dir
 
 ID_COLUMNS = ["setup", "method", "variant", "seed"]
 METRIC_KEYS = (
@@ -35,6 +39,7 @@ METRIC_KEYS = (
     "finding_balanced_accuracy",
     "finding_exact_match",
     "n_generated",
+    "features_file",
 )
 LOGS = {
     "steps": ("step", "epoch", "loss", "lr"),
@@ -104,6 +109,8 @@ def _train_scalars(logs: dict[str, pd.DataFrame], summary: dict[str, Any]) -> di
     if val is not None and len(val):
         trained = val[val["epoch"] >= 0]  # epoch -1 is the untouched base model
         out["best_val_loss"] = float(trained["val_loss"].min()) if len(trained) else None
+    if summary.get("best_val_loss") is not None:  # the exported epoch's (AdaLoRA: among eligible ones)
+        out["best_val_loss"] = float(summary["best_val_loss"])
     mem = logs.get("memory")
     if mem is not None and len(mem):
         out["mem_mean_mb"] = float(mem["peak_mb"].mean())
@@ -125,6 +132,23 @@ def _train_scalars(logs: dict[str, pd.DataFrame], summary: dict[str, Any]) -> di
     return out
 
 
+def exported_parameters(adapter_dir: Path) -> dict[str, int]:
+    """Parameters in an exported standard LoRA file, per part and in total (from the safetensors
+    header: the tensors' shapes, nothing loaded)."""
+    from safetensors import safe_open
+
+    from selora.adapters.export import WEIGHT_NAME
+
+    out: dict[str, int] = {"exported_params": 0}
+    with safe_open(str(adapter_dir / WEIGHT_NAME), framework="pt") as f:
+        for key in f.keys():  # noqa: SIM118 - safe_open is not a mapping
+            n = int(np.prod(f.get_slice(key).get_shape()))
+            part = key.split(".", 1)[0]
+            out[f"exported_params_{part}"] = out.get(f"exported_params_{part}", 0) + n
+            out["exported_params"] += n
+    return out
+
+
 def collect(params: Params, results: str | Path | None = None) -> Collected:
     """Every run of ``runlayout.grid(params)`` under ``results`` (default ``paths.results``)."""
     if results is not None:
@@ -132,7 +156,7 @@ def collect(params: Params, results: str | Path | None = None) -> Collected:
 
         params = replace(params, paths=replace(params.paths, results=str(results)))
     rows, logs, metrics = [], {k: [] for k in LOGS}, {}
-    for run in grid(params):
+    for run in [*grid(params), *no_adapter_runs(params)]:
         folder = run_dir(params, run)
         train = folder / "train"
         row: dict[str, Any] = {
@@ -151,8 +175,13 @@ def collect(params: Params, results: str | Path | None = None) -> Collected:
                 logs[name].append(df.assign(**{c: row[c] for c in ID_COLUMNS}))
         summary_path = train / "summary.json"
         summary = _read_json(summary_path) if summary_path.is_file() else {}
-        row["has_train"] = summary_path.is_file()
+        row["has_train"] = summary_path.is_file() or run.method == NO_ADAPTER  # nothing to train
         row.update(_train_scalars(run_logs, summary) if run_logs or summary else {})
+        best = train / "adapter" / "best"
+        if run.method == NO_ADAPTER:
+            row["exported_params"] = 0
+        elif (best / "pytorch_lora_weights.safetensors").is_file():
+            row.update(exported_parameters(best))
         mpath = folder / "metrics.json"
         row["has_metrics"] = mpath.is_file()
         if row["has_metrics"]:

@@ -5,8 +5,8 @@
 - ``rank_growth_<setup>.png``: mean rank per part over training steps, per method / SeLoRA variant
 - ``memory_<setup>.png``: memory over training steps (Figures 11–12)
 - ``loss_<setup>.png``: training loss (running mean) and validation loss
-- ``qualitative_<setup>.png``: the real test image beside each method's sample for the same
-  prompts (Figures 2, 7–10)
+- ``qualitative_<setup>.png``: the real test image beside each method's (and the base model's)
+  sample for the same prompts (Figures 2, 7–10)
 
 Curves and heatmaps average over the seeds present; titles say how many.
 """
@@ -28,7 +28,7 @@ from selora.config import Params
 from selora.report.collect import Collected
 from selora.report.rankmap import final_ranks, rank_matrix
 from selora.report.tables import PART_LABEL, method_label
-from selora.runlayout import DEFAULT_VARIANT
+from selora.runlayout import DEFAULT_VARIANT, NO_ADAPTER
 
 DPI = 120
 GRID_PROMPTS = 4
@@ -190,9 +190,10 @@ def _manifest(folder: Path) -> list[dict]:
 
 
 def qualitative_grid(params: Params, col: Collected, setup: str, path: Path) -> Path | None:
-    """Rows: the first prompts (by source_id) every method sampled; columns: real, then methods.
-    Uses each method's lowest evaluated seed and the first image per prompt (k = 0)."""
-    methods = params.experiment.methods
+    """Rows: the first prompts (by source_id) every method sampled; columns: real, then methods (and
+    the untouched base model). Uses each method's lowest evaluated seed and the first image per
+    prompt (k = 0)."""
+    methods = [*params.experiment.methods, *([NO_ADAPTER] if params.experiment.no_adapter else [])]
     chosen: dict[str, dict[str, dict]] = {}
     for m in methods:
         runs = col.runs[

@@ -2,7 +2,9 @@
 
 Every table starts with the configuration it came from (setup, data set, size, seeds, steps, base
 model, feature space) and ends with the runs it lacks. Cells are mean ± sample std over seeds with
-``n=k/N`` when seeds are missing; the best mean per column is in bold.
+``n=k/N`` when seeds are missing; the best mean per column is in bold. Quality tables add the
+untouched base model ("no adapter") as a row, each method's exported parameter count, and a
+comparison of every method with SeLoRA (:mod:`~selora.report.significance`).
 """
 
 from __future__ import annotations
@@ -10,16 +12,20 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from selora.config import Params
 from selora.report.aggregate import cell, mean_std
 from selora.report.collect import Collected
-from selora.runlayout import DEFAULT_VARIANT, variant_name
+from selora.runlayout import DEFAULT_VARIANT, NO_ADAPTER, variant_name
 
-METHOD_LABEL = {"lora": "LoRA", "adalora": "AdaLoRA", "dylora": "DyLoRA", "selora": "SeLoRA"}
+if TYPE_CHECKING:
+    from selora.report.significance import SetupBootstrap
+
+METHOD_LABEL = {"lora": "LoRA", "adalora": "AdaLoRA", "dylora": "DyLoRA", "selora": "SeLoRA",
+                NO_ADAPTER: "No adapter (base model)"}
 PART_LABEL = {"text_encoder": "text encoder", "unet": "U-Net"}
 # (dataset, size) → the paper's table with the same protocol.
 PAPER_TABLE = {
@@ -188,10 +194,12 @@ def table(
     runs: pd.DataFrame,
     rows: Sequence[tuple[str, dict[str, Any]]],
     columns: Sequence[Column],
-    expected: int,
+    expected: int | Sequence[int],
     first: str,
 ) -> pd.DataFrame:
-    """One output row per (label, selector); each column aggregated over the selected runs."""
+    """One output row per (label, selector); each column aggregated over the selected runs.
+    ``expected``: the number of seeds a complete cell has, for all rows or per row."""
+    per_row = [expected] * len(rows) if isinstance(expected, int) else list(expected)
     stats: dict[str, list[tuple[float, float, int]]] = {c.key: [] for c in columns}
     for _, sel in rows:
         mask = pd.Series(True, index=runs.index)
@@ -205,12 +213,12 @@ def table(
     out = {first: [label for label, _ in rows]}
     for c in columns:
         # Only complete cells compete for bold: a mean over fewer seeds is not declared best.
-        means = [m for m, _, n in stats[c.key] if n == expected]
+        means = [m for (m, _, n), e in zip(stats[c.key], per_row, strict=True) if n == e]
         best = (min(means) if c.better == "lower" else max(means)) if len(means) > 1 and c.better else None
         texts = []
-        for m, s, n in stats[c.key]:
-            t = cell(m, s, n, expected, c.fmt)
-            texts.append(f"**{t}**" if best is not None and n == expected and m == best else t)
+        for (m, s, n), e in zip(stats[c.key], per_row, strict=True):
+            t = cell(m, s, n, e, c.fmt)
+            texts.append(f"**{t}**" if best is not None and n == e and m == best else t)
         out[c.label] = texts
     return pd.DataFrame(out)
 
@@ -246,19 +254,83 @@ def _optional(params: Params, setup: str, runs: pd.DataFrame) -> tuple[bool, boo
     return clip, _has(runs, "finding_accuracy") or (not evaluated and labels)
 
 
-def grid_runs(params: Params, col: Collected, setups: list[str]) -> pd.DataFrame:
+def grid_runs(params: Params, col: Collected, setups: list[str], no_adapter: bool = False) -> pd.DataFrame:
     """The main grid's runs (default variant, the experiment's methods and seeds) of ``setups``:
-    ablation variants and runs left over from an earlier, larger grid stay out of the main tables."""
+    ablation variants and runs left over from an earlier, larger grid stay out of the main tables.
+    ``no_adapter``: also the base model's run (quality tables only; it has no training to compare)."""
     exp = params.experiment
     r = col.runs
-    return r[(r.variant == DEFAULT_VARIANT) & r.method.isin(exp.methods) & r.seed.isin(exp.seeds)
-             & r.setup.isin(setups)]
+    main = r.method.isin(exp.methods) & r.seed.isin(exp.seeds)
+    if no_adapter and exp.no_adapter:
+        main |= r.method == NO_ADAPTER
+    return r[(r.variant == DEFAULT_VARIANT) & main & r.setup.isin(setups)]
 
 
-def quality_table(params: Params, col: Collected, setup: str) -> str:
-    """Paper Tables 1/2 (224 px) and 5/6 (384 px): FID, CLIP, FID 64, FID 192 + KID, finding accuracy."""
+def _signed(x: float, metric: str) -> str:
+    return f"{x:+.3f}" if metric == "fid" else f"{x:+.3g}"
+
+
+def comparison_block(params: Params, runs: pd.DataFrame, boot: SetupBootstrap | None, setup: str,
+                     space: dict[str, Any]) -> list[str]:
+    """Every other method (and no adapter) against SeLoRA: FID/KID difference, its bootstrap
+    interval over test images, whether it is significant, and the paired t-test over seeds."""
+    from selora.report.significance import BASELINE, compare
+
     exp = params.experiment
-    runs = grid_runs(params, col, [setup])
+    if BASELINE not in exp.methods:
+        return ["No comparison with SeLoRA: selora is not in experiment.methods."]
+    others = [m for m in exp.methods if m != BASELINE] + ([NO_ADAPTER] if exp.no_adapter else [])
+    if not others:
+        return []
+    conf = f"{100 * exp.statistics.confidence:g}%"
+    n_seeds = len(exp.seeds)
+    labels = {"fid": fid_labels(space)["fid"], "kid": "KID"}
+    out = []
+    for m in others:
+        row = {"Method − SeLoRA": method_label(m)}
+        for metric, label in labels.items():
+            c = compare(runs, boot, setup, m, metric, exp.seeds)
+            p = c.paired
+            diff = "—" if p.n == 0 else _signed(p.mean_diff, metric)
+            if c.has_interval:
+                diff += f" [{_signed(c.lo, metric)}, {_signed(c.hi, metric)}]"
+            row[f"Δ {label} [{conf} CI]"] = diff
+            row[f"{label}: bootstrap"] = ("significant" if c.significant else "not significant"
+                                          if c.has_interval else "—")
+            row[f"{label}: paired t over seeds"] = (
+                f"p = {p.p:.3f} (n={p.n})" if not math.isnan(p.p)
+                else f"— (n={p.n}{', no spread' if p.n > 1 else ''})")
+        out.append(row)
+    why = []
+    if boot is None or not boot.samples:
+        why = [f"- No bootstrap interval: {boot.note if boot is not None else 'not computed'}."]
+    return [
+        f"## Against SeLoRA ({setup})",
+        "",
+        "- Δ = method − SeLoRA on the per-seed values above, averaged over the seeds both have (lower "
+        "FID/KID is better, so Δ > 0 means SeLoRA is better); the no-adapter run is paired with every "
+        "SeLoRA seed.",
+        f"- [{conf} CI]: percentile interval of the same seed-averaged Δ over "
+        f"{exp.statistics.bootstrap_resamples} bootstrap resamples of the test prompts (real image and "
+        "its generated images together, the same resamples for every run; KID there is the unbiased "
+        "MMD² over the whole resample). **not significant** = the interval covers 0.",
+        "- Paired t-test over seeds (scipy `ttest_rel`): "
+        + (f"with {n_seeds} seeds it has {n_seeds - 1} degree(s) of freedom and only flags gaps that are "
+           "large against the seed-to-seed spread; a large p means the seeds cannot tell the methods "
+           "apart, not that they are equal. "
+           if n_seeds > 1 else f"not possible with {n_seeds} seed (it needs 2 or more). ")
+        + "The bootstrap covers test-image noise, not training-seed noise; a claim needs both.",
+        *why,
+        "",
+        pd.DataFrame(out).to_markdown(index=False, disable_numparse=True),  # keep "+2.000" signed
+    ]
+
+
+def quality_table(params: Params, col: Collected, setup: str, boot: SetupBootstrap | None = None) -> str:
+    """Paper Tables 1/2 (224 px) and 5/6 (384 px): FID, CLIP, FID 64, FID 192 + KID, finding accuracy,
+    exported parameters; the no-adapter row; every method against SeLoRA."""
+    exp = params.experiment
+    runs = grid_runs(params, col, [setup], no_adapter=True)
     s = params.setup(setup)
     paper = PAPER_TABLE.get((s.dataset, s.size))
     stand = STAND_IN.get(s.dataset)
@@ -271,15 +343,25 @@ def quality_table(params: Params, col: Collected, setup: str) -> str:
     )
     space = feature_space_of(col, setup, params)
     cols = quality_columns(space, *_optional(params, setup, runs))
-    rows = [(method_label(m), {"method": m}) for m in exp.methods]
-    df = table(runs, rows, cols, len(exp.seeds), "Method")
+    cols.append(Column("exported_params", "exported params", None, _count))
+    methods = [*exp.methods, *([NO_ADAPTER] if exp.no_adapter else [])]
+    rows = [(method_label(m), {"method": m}) for m in methods]
+    expected = [1 if m == NO_ADAPTER else len(exp.seeds) for m in methods]
+    df = table(runs, rows, cols, expected, "Method")
     return "\n".join(
         [
             f"# Image quality on `{setup}` ({title})",
             "",
             *config_block(params, col, setup, exp.seeds, runs),
+            *(["- **No adapter**: the untouched base model, sampled on the same test prompts with the "
+               "same sampling seeds and evaluated like a run (one run: it has no training seed)."]
+              if exp.no_adapter else []),
+            "- **exported params**: parameters in the LoRA file each run exported and sampled with "
+            "(its best eligible epoch; AdaLoRA only after its final budget allocation).",
             "",
             df.to_markdown(index=False),
+            "",
+            *comparison_block(params, runs, boot, setup, space),
             "",
             *missing_block(runs),
             "",
