@@ -18,6 +18,7 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
+from selora import sd15
 from selora.config import TinyConfig
 
 SOT, EOT = "<|startoftext|>", "<|endoftext|>"
@@ -25,15 +26,9 @@ CLIP_PATTERN = (  # CLIP's own pre-tokenisation pattern
     r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
 )
 
-# SD 1.5's noise schedule (scheduler/scheduler_config.json of the hub folder).
+# SD 1.5's noise schedule (scheduler/scheduler_config.json of the hub folder), without the PNDM-only key.
 SD15_SCHEDULE: dict[str, Any] = {
-    "num_train_timesteps": 1000,
-    "beta_start": 0.00085,
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "clip_sample": False,
-    "set_alpha_to_one": False,
-    "steps_offset": 1,
+    **{k: v for k, v in sd15.SCHEDULER.items() if k != "skip_prk_steps"},
     "prediction_type": "epsilon",
 }
 

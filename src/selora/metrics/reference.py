@@ -215,10 +215,12 @@ def _is_grayscale(paths: Sequence[str | Path]) -> bool:
 
 
 @contextlib.contextmanager
-def _one_thread() -> Iterator[None]:
-    """Train single-threaded: the network is too small to gain from threads, two OpenMP threads on
-    busy shared cores ran 5-8x slower here, and a fixed thread count keeps the result identical on
-    every machine (CPU reductions depend on it)."""
+def one_thread() -> Iterator[None]:
+    """Run torch single-threaded for the block, then restore the thread count.
+
+    For the small networks and matrices of evaluation: they gain nothing from threads, two OpenMP
+    threads on busy shared cores ran 5-8x slower here (small eigen-decompositions up to 50x), and a
+    fixed thread count keeps the result identical on every machine (CPU reductions depend on it)."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -238,7 +240,7 @@ def fit_reference(
 ) -> tuple[ReferenceModel, dict[str, Any]]:
     """Train on ``train`` rows (with ``path`` and ``labels``); keep the step with the best balanced
     validation accuracy (the last step when there is no validation split)."""
-    with _one_thread():
+    with one_thread():
         return _fit(dataset, size, train, validation, steps, seed, schema)
 
 

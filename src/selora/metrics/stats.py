@@ -22,14 +22,15 @@ a slightly shifted centre; differences between runs on the same resample are wha
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Hashable, Iterator, Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import scipy.stats
 import torch
+
+from selora.metrics.reference import one_thread  # small eigen-problems: 50x faster on one thread
 
 
 @dataclass(frozen=True)
@@ -40,18 +41,6 @@ class RunFeatures:
     features: np.ndarray
     real_index: np.ndarray
 
-
-@contextlib.contextmanager
-def _one_thread() -> Iterator[None]:
-    """Small (d ≤ a few hundred) eigen-decompositions run fastest on one thread; a threaded BLAS on a
-    busy machine spin-waits and was measured 50× slower here. torch's thread count can be set and
-    restored in-process (numpy's OpenBLAS cannot without an extra package), so the maths is torch."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _t(x: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -72,7 +61,7 @@ def _frechet(mu1: torch.Tensor, cov1: torch.Tensor, sqrt1: torch.Tensor, fake: t
 
 def frechet_distance(real: np.ndarray, fake: np.ndarray) -> float:
     """Fréchet distance between Gaussians fitted to ``real`` [N, d] and ``fake`` [M, d] (float64)."""
-    with _one_thread():
+    with one_thread():
         r = _t(real)
         cov1 = torch.cov(r.T)
         return _frechet(r.mean(0), cov1, _psd_sqrt(cov1), _t(fake))
@@ -93,7 +82,7 @@ def _mmd2(k_rr: torch.Tensor, k_ff: torch.Tensor, k_rf: torch.Tensor) -> float:
 
 def kid_full(real: np.ndarray, fake: np.ndarray) -> float:
     """KID as one unbiased MMD² over the whole sets (KID with a single subset holding everything)."""
-    with _one_thread():
+    with one_thread():
         r, f = _t(real), _t(fake)
         return _mmd2(_kernel(r, r), _kernel(f, f), _kernel(r, f))
 
@@ -120,7 +109,7 @@ def bootstrap(
         rows[key] = [np.flatnonzero(idx == i) for i in range(n)]  # generated rows per test prompt
     draws = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
     out = {key: {"fid": np.full(resamples, np.nan), "kid": np.full(resamples, np.nan)} for key in runs}
-    with _one_thread():
+    with one_thread():
         r_all = _t(real)
         k_rr = _kernel(r_all, r_all)
         kernels = {}
