@@ -48,12 +48,12 @@ def test_pipeline_folder_loads_through_the_shared_loader(tiny_base, small_params
 # every value against these bounds; measured margins are in each test's docstring.
 MIN_VAE_PSNR_DB = 18.0  # decoding noise gives < 10 dB
 MAX_CAPTION_LOSS_RATIO = 0.8  # held-out loss, matched / shuffled captions; 1.0 when captions are ignored
-MIN_COLOUR_READ = 0.45  # caption probe's colour accuracy; chance (a caption-blind model) is 0.25
+MIN_BACKGROUND_READ = 0.6  # caption probe's background accuracy; chance (a caption-blind model) is 1/6
 MIN_BACKGROUND_GAP = 0.3  # white − black background brightness of samples; 0 when captions are ignored
 
 
 def test_vae_reconstructs_held_out_images(tiny_base, tiny_pipeline, synthetic_dirs):
-    """Measured: 22.4 dB (seed 1, 1 thread; seed 0, 2 threads); the default budget reaches ≈ 24 dB."""
+    """Measured: 22.2 dB (seed 0, 2 threads), 22.4 dB (seed 1, 1 thread); the default budget ≈ 24 dB."""
     assert tiny_base["report"]["vae_psnr_db"] >= MIN_VAE_PSNR_DB
     vae = tiny_pipeline.vae
     rows = [r for r in read_manifest(synthetic_dirs["natural"]) if r["split"] == "test"]
@@ -70,22 +70,24 @@ def test_vae_reconstructs_held_out_images(tiny_base, tiny_pipeline, synthetic_di
 def test_the_denoiser_reads_its_captions(tiny_base):
     """Statistical, on held-out scenes with paired noise (selora.probes.caption_probe).
 
-    Measured: loss ratio 0.37 (0.77 before offset noise), colour read 0.73 (0.71 before; 0.80
-    for another training path with offset noise) against the bounds 0.8 and 0.45.
+    Measured: loss ratio 0.35 / 0.37 (CI's seed 0 at 2 threads / seed 1 at 1 thread; 0.77 before
+    offset noise), background read 1.0 / 1.0 over 64 scenes (0.59 before) against the bounds 0.8
+    and 0.6. The colour read (0.55–0.81, moving ±0.08 with the scenes drawn) is reported, not
+    bounded: a marginal property of a 1,200-step miniature is what made CI flaky.
     """
     report = tiny_base["report"]
     ratio = report["matched_caption_loss"] / report["shuffled_caption_loss"]
     assert ratio <= MAX_CAPTION_LOSS_RATIO
     probe = report["caption_probe"]
-    assert probe["chance"]["colour"] == 0.25 and probe["n"] >= 64
-    assert probe["colour"] >= MIN_COLOUR_READ
+    assert probe["chance"]["background"] == 1 / 6 and probe["n"] >= 64
+    assert probe["background"] >= MIN_BACKGROUND_READ
 
 
 def test_generated_images_depend_on_the_caption(tiny_pipeline):
     """Samples asked for a white background are brighter than for a black one, from the same noise.
 
-    Measured: gap 0.76 (black 0.12, white 0.88); 0.18 before offset noise, the state in which
-    a colour test of samples flipped between machines. Bound 0.3.
+    Measured: gap 0.74 (seed 0, 2 threads: CI's), 0.76 (seed 1, 1 thread); 0.18 before offset
+    noise, the state in which a colour test of samples flipped between machines. Bound 0.3.
     """
     gap = background_gap(tiny_pipeline, n=8, seed=0)
     assert gap["gap"] >= MIN_BACKGROUND_GAP, gap
@@ -152,4 +154,4 @@ def test_caption_probe_gives_a_caption_blind_model_chance_and_no_margin(tiny_pip
     pipe = copy(tiny_pipeline)
     pipe.text_encoder = Blind(tiny_pipeline.text_encoder)
     probe = caption_probe(pipe, n=16, draws=1)
-    assert probe["margin"] == {"colour": 0.0, "shape": 0.0, "position": 0.0}
+    assert probe["margin"] == {"colour": 0.0, "shape": 0.0, "position": 0.0, "background": 0.0}

@@ -5,8 +5,8 @@ The probe asks the model's own conditional density, as a diffusion classifier do
 (never seen in pre-training), the denoising loss with the true caption is compared with the losses
 of the same caption with one attribute swapped ("red" → "blue"), on the *same* noise and
 timesteps. The candidate with the lowest loss is the model's answer. A caption-blind model scores
-each candidate alike and lands at chance (1/4 colours, 1/5 shapes, 1/9 positions); a model that
-reads the words scores far above it.
+each candidate alike and lands at chance (1/4 colours, 1/5 shapes, 1/9 positions, 1/6
+backgrounds); a model that reads the words scores far above it.
 
 Why not judge generated images instead: sampling compounds every small error of a 1 M-parameter
 U-Net over 15–25 steps, so a probe on samples is a marginal, machine-dependent property, while the
@@ -20,10 +20,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from selora.synthetic.natural import POSITIONS, PREPOSITION, SHAPES, render_scene
+from selora.synthetic.natural import BACKGROUNDS, POSITIONS, PREPOSITION, SHAPES, render_scene
 
 PROBE_COLOURS = ("red", "green", "blue", "yellow")  # visible on every background of the set
-ATTRIBUTES = ("colour", "shape", "position")
+ATTRIBUTES = ("colour", "shape", "position", "background")
 _PROBE_SET_ID = 3  # generator stream of probe scenes; 1 and 2 are the natural and CXR sets
 
 
@@ -45,14 +45,26 @@ def probe_scenes(n: int, size: int, seed: int) -> tuple[np.ndarray, list[dict[st
             continue
         phrase = _phrase(lab)
         assert caption.startswith(phrase), (caption, phrase)  # the caption grammar of natural.py
+        rest = caption[len(phrase):]  # " on a <name>[ gradient| striped] background"
+        name = rest.removeprefix(" on a ").removesuffix(" background")
+        name = name.removesuffix(" gradient").removesuffix(" striped")
+        assert name in BACKGROUNDS, rest
         images.append(np.asarray(image))
-        labels.append(lab)
-        rests.append(caption[len(phrase):])
+        labels.append({**lab, "background": name})
+        rests.append(rest)
     return np.stack(images), labels, rests
 
 
 def candidates(attribute: str) -> tuple[str, ...]:
-    return {"colour": PROBE_COLOURS, "shape": SHAPES, "position": tuple(POSITIONS)}[attribute]
+    return {"colour": PROBE_COLOURS, "shape": SHAPES, "position": tuple(POSITIONS),
+            "background": tuple(BACKGROUNDS)}[attribute]
+
+
+def _caption(labels: dict[str, str], rest: str, attribute: str, option: str) -> str:
+    """The scene's caption with one attribute set to ``option``."""
+    if attribute == "background":
+        return _phrase(labels) + rest.replace(f" on a {labels['background']} ", f" on a {option} ", 1)
+    return _phrase({**labels, attribute: option}) + rest
 
 
 @torch.no_grad()
@@ -60,7 +72,7 @@ def caption_probe(pipe, n: int = 64, draws: int = 4, seed: int = 0,
                   batch_size: int = 512) -> dict[str, Any]:
     """Accuracy of naming each attribute of held-out scenes from the model's denoising loss.
 
-    Returns ``{"colour": acc, "shape": acc, "position": acc, "chance": {...}, "n": n,
+    Returns ``{"colour": acc, "shape": acc, "position": acc, "background": acc, "chance": {...}, "n": n,
     "margin": {...}}`` where margin is the mean (loss of the best wrong candidate − loss of the
     true caption) relative to the true caption's loss: positive when the words matter.
     """
@@ -87,10 +99,8 @@ def caption_probe(pipe, n: int = 64, draws: int = 4, seed: int = 0,
         options = candidates(attribute)
         losses = torch.empty(n, len(options))  # [n, m]
         for j, option in enumerate(options):
-            captions = []
-            for lab, rest in zip(labels, rests, strict=True):
-                key = "position" if attribute == "position" else attribute
-                captions.append(_phrase({**lab, key: option}) + rest)
+            captions = [_caption(lab, rest, attribute, option)
+                        for lab, rest in zip(labels, rests, strict=True)]
             hidden = text_encoder(tokenize(tokenizer, captions))[0]  # [n, L, D]
             hidden = hidden.repeat_interleave(draws, dim=0)  # [n·K, L, D]
             per = torch.empty(n * draws)
