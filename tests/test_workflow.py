@@ -168,7 +168,8 @@ def test_dvc_runs_exactly_the_snakemake_jobs(tmp_path, scale):
     for job in jobs:
         stage = stages[job.stage_name]
         assert job.command == f"{stage['cmd']} > {job.log} 2>&1", job.stage_name
-        assert stage["deps"] == job.inputs and stage["outs"] == job.outputs, job.stage_name
+        # DVC lists a stage's outs before its metrics; Snakemake keeps the rule's order.
+        assert stage["deps"] == job.inputs and sorted(stage["outs"]) == sorted(job.outputs), job.stage_name
         assert list(stage["params"]) in ([params_file], []), job.stage_name
         keys = stage["params"].get(params_file, [])
         if job.rule == "train":
@@ -461,8 +462,11 @@ def test_changing_one_param_reruns_only_what_depends_on_it_in_both_tools(e2e_dvc
             assert dvc_reruns(wd) == expected
         else:
             dry = snakemake("-n", "--config", _config_arg(change), cwd=wd)
+            # Every job reruns, except those whose outputs the e2e fixture adopted with `--touch`:
+            # they carry no Snakemake metadata, so no params trigger can fire for them.
+            adopted = ("all", "total", "make_synthetic", "pretrain_base")
             expected = {r: n for r, n in job_counts(snakemake("-n", "--forceall", cwd=wd).stdout).items()
-                        if r not in ("all", "total")}
+                        if r not in adopted}
     finally:
         (wd / "params.yaml").write_text(original)
     assert dry.returncode == 0, dry.stderr
