@@ -135,7 +135,7 @@ def test_nlm_tree_has_the_official_layout_and_a_placeholder_per_image(tmp_path):
     table.write_bytes(gzip.compress(b"imageid,View Position\nCXR1_1_IM-0001-3001,PA\n"))
     info = write_nlm_tree(tmp_path / "nlm", tgz, table, size=8)
     root = tmp_path / "nlm"
-    assert info == {"raw": root, "views": root / VIEW_TABLE, "reports": 2, "images": 2}
+    assert info == {"raw": root, "views": root / VIEW_TABLE, "tsne_views": None, "reports": 2, "images": 2}
     assert sorted(p.name for p in (tmp_path / "nlm" / XML_DIR).iterdir()) == ["1.xml", "2.xml"]
     pngs = sorted((tmp_path / "nlm" / PNG_DIR).iterdir())
     assert [p.name for p in pngs] == ["CXR1_1_IM-0001-3001.png", "CXR1_1_IM-0001-4001.png"]
