@@ -156,3 +156,18 @@ def test_real_sources_hold_the_nlm_reports_and_view_table(nlm_sources):
         header = f.readline()
     assert header.startswith("imageid,") and "View Position" in header
     assert json.dumps(str(reports))  # a plain path the rehearsal can record
+
+
+def test_a_non_durable_atomic_dir_skips_the_fsyncs_but_stays_all_or_nothing(tmp_path, monkeypatch):
+    import selora.io as sio
+
+    synced = []
+    monkeypatch.setattr(sio, "fsync_tree", synced.append)
+    dest = tmp_path / "tree"
+    with sio.atomic_dir(dest, durable=False) as tmp:
+        (tmp / "a.png").write_bytes(b"1")
+    assert (dest / "a.png").read_bytes() == b"1" and synced == []
+    with pytest.raises(RuntimeError), sio.atomic_dir(dest, durable=False) as tmp:
+        (tmp / "b.png").write_bytes(b"2")
+        raise RuntimeError("killed mid-write")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tree"] and not (dest / "b.png").exists()
