@@ -2,8 +2,9 @@
 
 Counts per split, label distributions, prompt lengths in text-encoder tokens (and how many exceed
 the encoder's 77-token context, i.e. are truncated in training), every skipped record with its
-reason, the protocol's exclusions by reason, and the notes of the parser (e.g. how IU X-Ray frontal
-views were found).
+reason and image ids, the images not used counted by reason (records and images are never added
+into one number), the notes of the parser (e.g. how IU X-Ray frontal views were found) and its
+warnings, which the CLI also prints.
 """
 
 from __future__ import annotations
