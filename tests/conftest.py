@@ -109,3 +109,14 @@ def nlm_sources() -> tuple[Path, Path]:
     from selora.assets.nlm import nlm_sources
 
     return _wheel_asset(nlm_sources)
+
+
+@pytest.fixture(scope="session")
+def nlm_tree(tmp_path_factory, nlm_sources) -> dict:
+    """The NLM IU X-Ray tree of the real reports with 16-px placeholder images and both view
+    tables (selora.assets.nlm.write_nlm_tree's dict)."""
+    from selora.assets.nlm import nlm_tsne_views, write_nlm_tree
+
+    tsne = _wheel_asset(nlm_tsne_views)
+    root = tmp_path_factory.mktemp("nlm") / "iu-xray"
+    return write_nlm_tree(root, *nlm_sources, size=16, tsne_csv_gz=tsne)

@@ -82,8 +82,7 @@ def write_iu(root: Path, layout: str, n: int = 30, quirks: bool = True) -> Expec
         exp.skipped[f"CXR{k + 1}"] = "empty findings and impression"
         missing = IuReport(k + 2, "Findings with a missing image.", "",
                            [(f"CXR{k + 2}_IM-9003-1001", "Frontal")])
-        exp.skipped[f"CXR{k + 2}_IM-9003-1001" if layout == "nlm" else f"{k + 2}_IM-9003-1001.dcm.png"] = (
-            "image file missing")
+        exp.skipped[f"CXR{k + 2}"] = "image file missing"
         corrupt = IuReport(k + 3, "Findings with a corrupt image.", "",
                            [(f"CXR{k + 3}_IM-9004-1001", "Frontal")])
         exp.skipped[f"CXR{k + 3}"] = "unreadable image"
@@ -91,12 +90,28 @@ def write_iu(root: Path, layout: str, n: int = 30, quirks: bool = True) -> Expec
                          [(f"CXR{k + 4}_IM-9005-1001", "Frontal")])
         exp.skipped[f"CXR{k + 4}"] = "unreadable image"
         lateral_only = IuReport(k + 5, "Only a lateral view.", "", [(f"CXR{k + 5}_IM-9006-2001", "Lateral")])
+        exp.skipped[f"CXR{k + 5}"] = "no frontal image"
         no_image = IuReport(k + 6, "No image at all.", "", [])
         exp.skipped[f"CXR{k + 6}"] = "report has no image"
+        # Two frontal images, the first unreadable: the second is used.
+        two = [(f"CXR{k + 7}_IM-9007-1001", "Frontal"), (f"CXR{k + 7}_IM-9007-1002", "Frontal")]
+        fallback = IuReport(k + 7, "XXXX findings with a corrupt first frontal image.", "", two)
+        exp.kept[f"CXR{k + 7}"] = fallback.findings
+        frontal[f"CXR{k + 7}"] = fallback.images[1][0]
+        first[f"CXR{k + 7}"] = fallback.images[0][0]
+        # A second image listed in the view table with a blank view, and one absent from the table.
+        blank = IuReport(k + 8, "Second view blank, XXXX.", "", [(f"CXR{k + 8}_IM-9008-1001", "Frontal"),
+                                                          (f"CXR{k + 8}_IM-9008-2001", "Blank")])
+        absent = IuReport(k + 9, "Second view absent, XXXX.", "", [(f"CXR{k + 9}_IM-9009-1001", "Frontal"),
+                                                            (f"CXR{k + 9}_IM-9009-2001", "Absent")])
+        for r in (blank, absent):
+            exp.kept[f"CXR{r.uid}"] = r.findings
+            frontal[f"CXR{r.uid}"] = first[f"CXR{r.uid}"] = r.images[0][0]
         bad_images = {missing.images[0][0]: "missing", corrupt.images[0][0]: "corrupt",
-                      trunc.images[0][0]: "truncated"}
-        reports += [impr, empty, missing, corrupt, trunc, lateral_only, no_image]
+                      trunc.images[0][0]: "truncated", fallback.images[0][0]: "corrupt"}
+        reports += [impr, empty, missing, corrupt, trunc, lateral_only, no_image, fallback, blank, absent]
         exp.extra["lateral_only"] = f"CXR{k + 5}"
+        exp.extra["fallback"] = f"CXR{k + 7}"
     exp.extra.update(frontal=frontal, first=first, n_reports=len(reports))
     if layout == "nlm":
         _write_nlm(root, reports, bad_images, quirks, exp)
@@ -130,9 +145,11 @@ def _write_nlm(root: Path, reports: list[IuReport], bad: dict[str, str], quirks:
     with (root.parent / f"{root.name}-views.csv").open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["imageid", "View Position"])
+        views = {"Frontal": "PA", "Lateral": "LL", "Blank": ""}
         for r in reports:
             for image, view in r.images:
-                w.writerow([image, "PA" if view == "Frontal" else "LL"])
+                if view in views:
+                    w.writerow([image, views[view]])
     exp.extra["views"] = root.parent / f"{root.name}-views.csv"
     if quirks:
         n = len(reports)
@@ -164,7 +181,8 @@ def _write_kaggle(root: Path, reports: list[IuReport], bad: dict[str, str], quir
     for r in reports:
         writer.writerow([r.uid, "normal", "normal", "Xray Chest PA and Lateral", "XXXX-year-old", "None.",
                          r.findings, r.impression])
-        proj += [f"{r.uid},{fname(r, i)},{v}" for i, v in r.images]
+        proj += [f"{r.uid},{fname(r, i)},{v if v in ('Frontal', 'Lateral') else ''}"
+                 for i, v in r.images if v != "Absent"]
     data = buf.getvalue().encode()
     if quirks:
         n = len(reports)
@@ -174,8 +192,7 @@ def _write_kaggle(root: Path, reports: list[IuReport], bad: dict[str, str], quir
         exp.skipped[f"CXR{n + 50}"] = "text is not valid UTF-8"
         proj.append(f"{n + 50},{n + 50}_IM-7000-1001.dcm.png,Frontal")
         proj.append(f"{n + 60},{n + 60}_IM-7001-1001.dcm.png,Frontal")
-        exp.skipped[f"{n + 60}_IM-7001-1001.dcm.png"] = "image row for a uid not in indiana_reports.csv"
-        proj.append("4,4_IM-0004-3001.dcm.png,Oblique")
-        exp.skipped["4_IM-0004-3001.dcm.png"] = "unknown projection value"
+        exp.skipped[f"CXR{n + 60}"] = "images of a uid not in indiana_reports.csv"
+        proj.append("4,4_IM-0004-3001.dcm.png,Oblique")  # counted as "view unknown", report 4 kept
     (root / "indiana_reports.csv").write_bytes(data)
     (root / "indiana_projections.csv").write_text("\n".join(proj) + "\n")

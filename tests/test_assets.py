@@ -135,7 +135,7 @@ def test_nlm_tree_has_the_official_layout_and_a_placeholder_per_image(tmp_path):
     table.write_bytes(gzip.compress(b"imageid,View Position\nCXR1_1_IM-0001-3001,PA\n"))
     info = write_nlm_tree(tmp_path / "nlm", tgz, table, size=8)
     root = tmp_path / "nlm"
-    assert info == {"raw": root, "views": root / VIEW_TABLE, "reports": 2, "images": 2}
+    assert info == {"raw": root, "views": root / VIEW_TABLE, "tsne_views": None, "reports": 2, "images": 2}
     assert sorted(p.name for p in (tmp_path / "nlm" / XML_DIR).iterdir()) == ["1.xml", "2.xml"]
     pngs = sorted((tmp_path / "nlm" / PNG_DIR).iterdir())
     assert [p.name for p in pngs] == ["CXR1_1_IM-0001-3001.png", "CXR1_1_IM-0001-4001.png"]
@@ -156,3 +156,18 @@ def test_real_sources_hold_the_nlm_reports_and_view_table(nlm_sources):
         header = f.readline()
     assert header.startswith("imageid,") and "View Position" in header
     assert json.dumps(str(reports))  # a plain path the rehearsal can record
+
+
+def test_a_non_durable_atomic_dir_skips_the_fsyncs_but_stays_all_or_nothing(tmp_path, monkeypatch):
+    import selora.io as sio
+
+    synced = []
+    monkeypatch.setattr(sio, "fsync_tree", synced.append)
+    dest = tmp_path / "tree"
+    with sio.atomic_dir(dest, durable=False) as tmp:
+        (tmp / "a.png").write_bytes(b"1")
+    assert (dest / "a.png").read_bytes() == b"1" and synced == []
+    with pytest.raises(RuntimeError), sio.atomic_dir(dest, durable=False) as tmp:
+        (tmp / "b.png").write_bytes(b"2")
+        raise RuntimeError("killed mid-write")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tree"] and not (dest / "b.png").exists()

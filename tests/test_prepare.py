@@ -145,6 +145,54 @@ def test_token_counts_with_the_base_tokenizer_and_without_one(tmp_path):
     assert "Token counts unavailable" in (tmp_path / "out2" / "data_report.md").read_text()
 
 
+@pytest.mark.parametrize("kind", ["uncached hub id", "no model_max_length", "broken vocab"])
+def test_a_tokenizer_that_loads_empty_or_without_a_limit_gives_no_counts_and_says_why(tmp_path, capsys, kind):
+    """Offline, transformers loads an uncached hub id as an empty tokenizer (2 entries, limit 1e30);
+    a folder without model_max_length loads with the same 1e30. Neither may yield token counts."""
+    from selora.tinysd import train_tokenizer
+
+    write_montgomery(tmp_path / "raw", 4, 2, quirks=False)
+    source = "selora-tests/not-a-cached-model"
+    if kind != "uncached hub id":
+        source = str(tmp_path / "tok")
+        train_tokenizer(["normal findings"], 300, 77).save_pretrained(source)
+        config = Path(source) / "tokenizer_config.json"
+        if kind == "no model_max_length":
+            data = json.loads(config.read_text())
+            del data["model_max_length"]
+            config.write_text(json.dumps(data))
+        else:
+            (Path(source) / "vocab.json").write_text("{not json")
+            for extra in Path(source).glob("tokenizer.json"):
+                extra.unlink()
+    why = {"uncached hub id": "", "no model_max_length": "no usable model_max_length (1e+30",
+           "broken vocab": "cannot load a tokenizer"}[kind]
+    code = main(["prepare", "--dataset", "montgomery", "--raw", str(tmp_path / "raw"), "--out",
+                 str(tmp_path / "out"), "--tokenizer", source, "--quiet", "--set", "seed=0"])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    report = json.loads((tmp_path / "out" / "data_report.json").read_text())
+    assert "prompt_tokens" not in report and report["tokenizer"]["max_length"] is None
+    note = report["tokenizer"]["note"]
+    assert why in note and (kind != "uncached hub id" or "empty" in note or "cannot load" in note)
+    assert f"warning: no token counts: {note}" in out.err and "Traceback" not in out.err
+    assert "prompt tokens" not in out.out
+    assert "Token counts unavailable" in (tmp_path / "out" / "data_report.md").read_text()
+
+
+def test_markdown_without_a_token_limit_has_no_over_limit_column():
+    from selora.data.report import length_stats, to_markdown
+
+    config = {"dataset": "montgomery", "raw": "r", "size": 16, "seed": 0, "splits": {"train": 1.0}}
+    report = {"config": config,
+              "layout": "official", "split_hash": "x", "total": 3, "counts": {"train": 3},
+              "prompt_tokens": {"all": length_stats([5, 80, 9], None)}, "prompt_words": {},
+              "tokenizer": {"source": "t", "max_length": None, "note": ""}, "labels": {}, "notes": [],
+              "excluded": {}, "skipped": [], "skip_counts": {}}
+    md = to_markdown(report)
+    assert "| all | 3 | 5 | 9 |" in md and "> " not in md.split("## Prompt lengths")[1].split("##")[0]
+
+
 # ----------------------------------------------------------------------------- CLI
 def test_cli_setup_from_params_and_flags_override(tmp_path, capsys):
     write_montgomery(tmp_path / "raw", 12, 8, quirks=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 from pathlib import Path
 
 import pytest
@@ -43,11 +44,27 @@ def test_prompts_frontal_images_and_every_quirk(tmp_path, layout):
     for r in rows:
         frontal = exp.extra["frontal"][r["source_id"]]
         assert r["image_id"] == (frontal if layout == "nlm" else frontal.removeprefix("CXR") + ".dcm.png")
-    # Every bad record is listed with its reason; nothing else is skipped.
+    # Every dropped report is one entry keyed by its uid (or its XML file when it has none).
     assert _skips(report) == exp.skipped
-    assert report["excluded"]["report without a frontal image"] == 1  # the lateral-only report
+    assert len(report["skipped"]) == len(exp.skipped)
+    lateral_only = next(s for s in report["skipped"] if s["source"] == exp.extra["lateral_only"])
+    assert lateral_only["reason"] == "no frontal image" and len(lateral_only["images"]) == 1
+    assert all("images" in s for s in report["skipped"] if s["source"].startswith("CXR"))
+    # An unreadable first frontal image falls back to the report's next one (checked above: the
+    # kept image is exp.extra["frontal"], the second); the first is counted, not listed.
+    assert report["excluded"]["unreadable image; the record's next image was used"] == 1
     assert report["excluded"]["lateral view"] >= 30
+    # Images counted in one unit; the views the table lacks are told apart from blank ones.
+    if layout == "nlm":
+        assert report["excluded"]["view unknown: blank view in the view table"] == 1
+        assert report["excluded"]["view unknown: not in the view table"] == 1
+    else:
+        assert report["excluded"]["view unknown: blank projection"] == 1
+        assert report["excluded"]["view unknown: value not recognised"] == 1  # "Oblique"
     assert "Frontal images" in " ".join(report["notes"])
+    md = (tmp_path / "out" / "data_report.md").read_text()
+    assert f"- {len(exp.skipped)} records skipped" in md
+    assert f"- {sum(report['excluded'].values())} further images not used" in md
 
 
 def test_both_distributions_give_the_same_records_and_splits(tmp_path):
@@ -72,6 +89,26 @@ def test_nlm_without_view_table_uses_the_first_image_and_says_so(tmp_path):
     assert any("NO VIEW TABLE" in n for n in report["notes"])
     assert "NO VIEW TABLE" in (tmp_path / "out" / "data_report.md").read_text()
     assert report["excluded"] == {"not the first image of its report (first-image rule)": 30}
+
+
+def test_the_no_view_table_warning_reaches_the_console(tmp_path, capsys):
+    from selora.cli import main
+
+    write_iu(tmp_path / "raw", "nlm", n=6, quirks=False)
+    code = main(["prepare", "--dataset", "iu-xray", "--raw", str(tmp_path / "raw"), "--size", "16",
+                 "--splits", "train=0.5,test=0.5", "--out", str(tmp_path / "out"), "--quiet",
+                 "--set", "seed=0"])
+    err = capsys.readouterr().err
+    assert code == 0 and "warning: Frontal images: NO VIEW TABLE" in err and "torchxrayvision" in err
+    report = json.loads((tmp_path / "out" / "data_report.json").read_text())
+    assert any("NO VIEW TABLE" in w for w in report["warnings"])
+    assert "**Warning**: Frontal images: NO VIEW TABLE" in (tmp_path / "out" / "data_report.md").read_text()
+
+
+def test_a_missing_view_table_says_where_to_get_one(tmp_path):
+    write_iu(tmp_path / "raw", "nlm", n=4, quirks=False)
+    with pytest.raises(DatasetFormatError, match=r"does not exist.*torchxrayvision.*null"):
+        _prepare(tmp_path / "raw", tmp_path / "out", views=tmp_path / "raw" / "nlmcxr_tsne_pa.csv.gz")
 
 
 def test_view_table_formats(tmp_path):

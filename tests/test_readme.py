@@ -52,13 +52,16 @@ README_COMMANDS = {
     "dvc repro paper/dvc.yaml": "needs the paper's data and a GPU: this test runs `dvc dag paper/dvc.yaml` "
                                 "(it parses) and test_workflow.py compares its jobs with Snakemake's",
     "selora prepare --dataset iu-xray      --raw data/raw/iu-xray      --out data/prepared/iu-xray-224 "
-    "--views nlmcxr_tsne_pa.csv.gz": "needs the downloaded data set; test_prepare_iuxray.py runs its parser",
+    "--views data/raw/iu-xray/nlmcxr_tsne_pa.csv.gz": "needs the downloaded data set; test_prepare_iuxray.py "
+    "runs its parser, test_prepare_iuxray_real.py the real reports; the flags resolve in "
+    "test_readme_prepare_commands_resolve",
     "selora prepare --dataset montgomery   --raw data/raw/montgomery   --out data/prepared/montgomery-224":
         "needs the downloaded data set; test_prepare_montgomery.py runs its parser",
     "selora prepare --dataset patchgastric --raw data/raw/patchgastric --out data/prepared/patchgastric-384 "
     "--size 384": "needs the downloaded data set; test_prepare_patchgastric.py runs its parser",
-    "selora prepare --params params.yaml --setup iu-xray-384 --out data/prepared/iu-xray-384":
-        "needs the downloaded data set; test_prepare.py runs `selora prepare --params`",
+    "selora prepare --params params-paper.yaml --setup iu-xray-384 --out data/prepared/iu-xray-384":
+        "needs the downloaded data set; test_prepare_iuxray_real.py runs it on the real reports (tiny "
+        "images, SD 1.5's tokenizer); the flags resolve in test_readme_prepare_commands_resolve",
 }
 
 
@@ -81,6 +84,25 @@ def test_every_readme_command_is_listed_with_where_it_runs():
     assert set(shown) == set(README_COMMANDS), (
         f"in the README but not listed here: {sorted(set(shown) - set(README_COMMANDS))}; "
         f"listed but gone from the README: {sorted(set(README_COMMANDS) - set(shown))}")
+
+
+def test_readme_prepare_commands_resolve(monkeypatch):
+    """Each README `selora prepare` line parses and resolves its setup, raw folder and view table
+    from the params it names, as written (the data itself is the user's download)."""
+    import shlex
+
+    from selora.cli import build_parser
+    from selora.commands.prepare import load_params, options_from_args
+
+    prepares = [c for c in README_COMMANDS if c.startswith("selora prepare")]
+    assert len(prepares) == 4
+    monkeypatch.chdir(ROOT)
+    for command in prepares:
+        args = build_parser().parse_args(shlex.split(command)[1:])
+        opts = options_from_args(args, load_params(args))
+        assert str(opts.raw).startswith("data/raw/"), command
+        if opts.dataset == "iu-xray":
+            assert opts.views == Path("data/raw/iu-xray/nlmcxr_tsne_pa.csv.gz"), command
 
 
 def run(command: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:

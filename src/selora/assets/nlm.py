@@ -30,7 +30,10 @@ REPORTS_MEMBER = "torchxrayvision/data/NLMCXR_reports.tgz"
 REPORTS_SHA256 = "8fb6de7eec73d8c3665067ad4bb003ccd57f971ae316d2642e1627ac7268667a"
 DICOM_MEMBER = "torchxrayvision/data/nlmcxr_dicom_metadata.csv.gz"
 DICOM_SHA256 = "996c7d7a23b6bef51b1308dfa9671fb59b00e67c8928f7ff45cc002ca16ebf3e"
+TSNE_MEMBER = "torchxrayvision/data/nlmcxr_tsne_pa.csv.gz"
+TSNE_SHA256 = "98d66188265a15f00038a5c894adeeaafcd78dbf82f687308f1443793805a253"
 XML_DIR, PNG_DIR, VIEW_TABLE = "ecgen-radiology", "NLMCXR_png", "nlmcxr_dicom_metadata.csv.gz"
+TSNE_TABLE = "nlmcxr_tsne_pa.csv.gz"  # where params-paper.yaml's datasets.iu-xray.views points
 _SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
@@ -38,6 +41,12 @@ def nlm_sources(cache: Path | None = None) -> tuple[Path, Path]:
     """``(NLMCXR_reports.tgz, nlmcxr_dicom_metadata.csv.gz)`` out of the torchxrayvision wheel."""
     return (find_wheel_file(*TORCHXRAYVISION, REPORTS_MEMBER, cache, sha256=REPORTS_SHA256),
             find_wheel_file(*TORCHXRAYVISION, DICOM_MEMBER, cache, sha256=DICOM_SHA256))
+
+
+def nlm_tsne_views(cache: Path | None = None) -> Path:
+    """torchxrayvision's t-SNE-derived PA/L table (``nlmcxr_tsne_pa.csv.gz``): its own OpenI
+    loader's remedy for the DICOM headers' noisy or blank View Position."""
+    return find_wheel_file(*TORCHXRAYVISION, TSNE_MEMBER, cache, sha256=TSNE_SHA256)
 
 
 def placeholder_png(image_id: str, size: int) -> bytes:
@@ -74,10 +83,12 @@ def _extract_reports(reports_tgz: Path, dest: Path) -> list[Path]:
     return out
 
 
-def write_nlm_tree(out_dir: Path, reports_tgz: Path, dicom_csv_gz: Path, size: int = 32) -> dict:
-    """Write the NLM tree atomically into ``out_dir``; returns ``{"raw", "views", "reports",
-    "images"}`` (the folder for ``--raw``, the view table for ``--views``, and the counts). The
-    tree is complete or absent, but not fsynced (rebuild it after a power loss)."""
+def write_nlm_tree(out_dir: Path, reports_tgz: Path, dicom_csv_gz: Path, size: int = 32,
+                   tsne_csv_gz: Path | None = None) -> dict:
+    """Write the NLM tree atomically into ``out_dir``; returns ``{"raw", "views", "tsne_views",
+    "reports", "images"}``: the folder for ``--raw``, the DICOM view table and (when
+    ``tsne_csv_gz`` is given) the t-SNE one, both inside the tree, and the counts. The tree is
+    complete or absent, but not fsynced (rebuild it after a power loss)."""
     out_dir = Path(out_dir)
     # Not fsynced file by file (7,470 fsyncs took 16 s here): the tree is rebuilt from cached inputs.
     with atomic_dir(out_dir, durable=False) as tmp:
@@ -94,4 +105,8 @@ def write_nlm_tree(out_dir: Path, reports_tgz: Path, dicom_csv_gz: Path, size: i
         for image_id in sorted(set(images)):
             (tmp / PNG_DIR / f"{image_id}.png").write_bytes(placeholder_png(image_id, size))
         shutil.copyfile(dicom_csv_gz, tmp / VIEW_TABLE)
-    return {"raw": out_dir, "views": out_dir / VIEW_TABLE, "reports": len(xmls), "images": len(set(images))}
+        if tsne_csv_gz is not None:
+            shutil.copyfile(tsne_csv_gz, tmp / TSNE_TABLE)
+    return {"raw": out_dir, "views": out_dir / VIEW_TABLE,
+            "tsne_views": out_dir / TSNE_TABLE if tsne_csv_gz is not None else None,
+            "reports": len(xmls), "images": len(set(images))}

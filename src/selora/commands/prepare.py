@@ -9,6 +9,7 @@ params.datasets.<data set>.raw and the seed from params.seed; explicit flags ove
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from selora.commands import add_params_arguments
@@ -106,8 +107,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"{opts.dataset} → {opts.out} ({state}): {counts}; {skipped} record(s) skipped "
           f"(see {opts.out}/data_report.md)")
     tok = report.get("prompt_tokens", {}).get("all")
-    if tok:
-        print(f"prompt tokens: median {tok['median']}, max {tok['max']}, "
-              f"{tok['over_limit']} over {report['tokenizer']['max_length']}")
+    limit = report["tokenizer"].get("max_length")
+    if tok and tok["n"]:
+        over = f", {tok['over_limit']} over {limit}" if limit and "over_limit" in tok else ""
+        print(f"prompt tokens: median {tok['median']}, p95 {tok['p95']}, max {tok['max']}{over}")
     print(f"split hash: {report['split_hash']}")
+    for warning in report.get("warnings", []):
+        print(f"warning: {warning}", file=sys.stderr)
     return 0

@@ -3,10 +3,12 @@
 A parser turns an official distribution into :class:`Candidate` records (metadata only, no
 pixels) and tells the :class:`SkipLog` about everything it leaves out. Two kinds of leaving out:
 
-- *skipped*: bad input (a missing image, invalid XML, empty text, non-UTF-8 text, a duplicate id,
-  ...). Every skipped record is listed in the data report with its reason.
-- *excluded*: records the paper's protocol leaves out on purpose (lateral views, subtypes not
-  chosen, patches not sampled). These are counted by reason; they are too many to list.
+- *skipped*: records (a report, a reading, a slide) left out for bad input or because they have
+  no usable image (a missing or unreadable image, invalid XML, empty text, non-UTF-8 text, a
+  duplicate id, no frontal view, ...). One entry per record, keyed by its id (a file name or CSV
+  line only where no id can be read), with the ids of its images; all are listed in the data report.
+- *excluded*: **images** the protocol does not use, counted by reason (lateral views, subtypes not
+  chosen, patches not sampled, further images of a kept record); they are too many to list.
 """
 
 from __future__ import annotations
@@ -36,26 +38,39 @@ class Candidate:
     labels: dict[str, Any]
     group: str | None = None  # records that must share a split (a PatchGastricADC22 slide)
     extra: dict[str, Any] = field(default_factory=dict)  # more manifest columns
+    # The same record with its other usable images, tried in order when this image is unreadable.
+    fallbacks: list[Candidate] = field(default_factory=list)
 
 
 @dataclass
 class SkipLog:
     """Everything a parser or the image stage leaves out, with the reason."""
 
-    skipped: list[dict[str, str]] = field(default_factory=list)
+    skipped: list[dict[str, Any]] = field(default_factory=list)
     excluded: Counter = field(default_factory=Counter)
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
-    def skip(self, source: str, reason: str, detail: str = "") -> None:
-        """Record one left-out record; ``reason`` is a short category, ``detail`` the specifics."""
-        self.skipped.append({"source": source, "reason": reason, "detail": detail})
+    def skip(self, source: str, reason: str, detail: str = "", images: list[str] | None = None) -> None:
+        """Record one left-out record; ``reason`` is a short category, ``detail`` the specifics,
+        ``images`` the ids of the record's images (for data sets where a record has several)."""
+        entry: dict[str, Any] = {"source": source, "reason": reason, "detail": detail}
+        if images is not None:
+            entry["images"] = list(images)
+        self.skipped.append(entry)
 
     def exclude(self, reason: str, n: int = 1) -> None:
+        """Count ``n`` images the protocol does not use (the unit is always images)."""
         if n:
             self.excluded[reason] += n
 
     def note(self, text: str) -> None:
         self.notes.append(text)
+
+    def warn(self, text: str) -> None:
+        """A note the user must see: in the data report and printed by the CLI."""
+        self.notes.append(text)
+        self.warnings.append(text)
 
     def skip_counts(self) -> dict[str, int]:
         return dict(sorted(Counter(s["reason"] for s in self.skipped).items()))
@@ -168,7 +183,9 @@ def dedupe(candidates: list[Candidate], log: SkipLog, what: str = "id") -> list[
     out = []
     for c in candidates:
         if c.source_id in seen:
-            log.skip(c.source_id, f"duplicate {what}", f"{c.image} (first kept: {seen[c.source_id].image})")
+            ids = [x.extra["image_id"] for x in (c, *c.fallbacks) if "image_id" in x.extra]
+            log.skip(c.source_id, f"duplicate {what}", f"{c.image} (first kept: {seen[c.source_id].image})",
+                     images=ids or None)
             continue
         seen[c.source_id] = c
         out.append(c)

@@ -88,6 +88,20 @@ def process_image(job: tuple[str, int, str]) -> str | None:
     return None
 
 
+def process_first_usable(job: tuple[tuple[str, ...], int, str]) -> tuple[int | None, list[str]]:
+    """Worker entry for a record with spare images: ``(raw paths, size, staged PNG path)`` →
+    ``(index of the image written or None, why each image before it is unusable)``. Trying the
+    spares in the worker keeps one job per record, so results stay in record order."""
+    paths, size, dest = job
+    errors: list[str] = []
+    for k, path in enumerate(paths):
+        error = process_image((path, size, dest))
+        if error is None:
+            return k, errors
+        errors.append(error)
+    return None, errors
+
+
 def _context() -> Any:
     # fork on Linux: no re-import of the caller's __main__ (`python -m selora` has no main guard)
     # and no start-up cost; the parent forks before any tokenizer thread exists.

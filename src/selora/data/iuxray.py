@@ -21,9 +21,15 @@ Layouts (found anywhere under ``--raw``):
 
 Rules common to both layouts:
 
-- One image per report: the first frontal image (file/row order) whose file exists, so a report
-  (one study) never lands in two splits and split sizes are exact. Further frontal images of the
-  same report are excluded and counted.
+- One image per report: the first frontal image (file/row order) whose file exists and decodes
+  (a missing or unreadable one falls back to the report's next frontal image), so a report (one
+  study) never lands in two splits and split sizes are exact. Further frontal images of the same
+  report are counted, not used.
+- A dropped report is one skip entry keyed by its uid (the XML file name when no uid can be read)
+  listing its image ids: no image, empty text, no frontal image (the detail gives each image's
+  view), no frontal image file, unreadable images. The unused images of kept reports are counted
+  by reason: lateral, "view unknown" split into *not in the view table*, *blank view in the view
+  table* and *value not recognised*.
 - Prompt = the FINDINGS text, whitespace collapsed, ``XXXX`` de-identification tokens kept (the
   paper's prompts keep them). When FINDINGS is empty the IMPRESSION is used instead
   (``labels.text_source = "impression"``); when both are empty the report is skipped.
@@ -57,6 +63,8 @@ LATERAL = {"L", "LL", "RL", "LAT", "LATERAL", "LARGE LATERAL", "LEFT LATERAL", "
 ID_COLUMNS = ("imageid", "image_id", "filename")
 VIEW_COLUMNS = ("View Position", "tsne-view", "projection", "view")
 FIRST_IMAGE_RULE = "first image of the report (no view table)"
+TABLES_HINT = ("nlmcxr_tsne_pa.csv.gz or nlmcxr_dicom_metadata.csv.gz from the torchxrayvision wheel "
+               "(`pip download --no-deps torchxrayvision==1.5.7`, folder torchxrayvision/data/)")
 
 
 def view_class(value: str) -> str:
@@ -96,7 +104,8 @@ def collect(opts: PrepareOptions, log: SkipLog) -> tuple[list[Candidate], str]:
 def load_views(path: Path) -> tuple[dict[str, tuple[str, str]], str]:
     """Image id → (view class, raw value) from a view table, and a line describing it."""
     if not path.is_file():
-        raise DatasetFormatError(f"view table {path} does not exist (datasets.iu-xray.views / --views)")
+        raise DatasetFormatError(f"view table {path} does not exist (datasets.iu-xray.views / --views): put "
+                                 f"{TABLES_HINT} there, or set views to null for the first-image rule")
     rows = read_csv_rows(path, [])
     first = next(rows, None)
     if first is None:
@@ -134,11 +143,11 @@ def _collect_nlm(raw: Path, xml_dir: Path, views_path: Path | None, log: SkipLog
         log.note(f"Frontal images: {rule}; PA/AP/Frontal count as frontal, the first frontal image of "
                  "each report is kept.")
     else:
-        log.note("Frontal images: NO VIEW TABLE was given, so the first parentImage of each report is "
+        log.warn("Frontal images: NO VIEW TABLE was given, so the first parentImage of each report is "
                  "taken as its frontal image. The NLM files do not record the view (both images share one "
                  "caption); by torchxrayvision's t-SNE-derived views about 15% of first images are "
-                 "lateral. Set datasets.iu-xray.views (or --views) to e.g. nlmcxr_tsne_pa.csv.gz or "
-                 "nlmcxr_dicom_metadata.csv.gz for the paper's frontal-only set.")
+                 f"lateral. Set datasets.iu-xray.views (or --views) to a view table for the paper's "
+                 f"frontal-only set: {TABLES_HINT}.")
     pngs = index_images(raw, log, extensions=(".png",))
     xml_files = sorted(xml_dir.glob("*.xml"), key=lambda p: natural_key(p.name))
     if not xml_files:
@@ -167,46 +176,65 @@ def _collect_nlm(raw: Path, xml_dir: Path, views_path: Path | None, log: SkipLog
     return out
 
 
+def _view_of(image: str, views: dict[str, tuple[str, str]]) -> tuple[str, str]:
+    """(view class, how the table describes it): tells an image missing from the table from one
+    listed with a blank or unrecognised view."""
+    if image not in views:
+        return "unknown", "not in the view table"
+    cls, raw = views[image]
+    if cls != "unknown":
+        return cls, raw
+    return cls, "blank view in the view table" if not raw else f"view {raw!r} not recognised"
+
+
 def _choose(uid: str, where: str, findings: str | None, impression: str | None, images: list[str],
             views: dict[str, tuple[str, str]], have_table: bool, pngs: dict[str, str],
             log: SkipLog) -> Candidate | None:
-    """The one record of an NLM report: its first frontal image that exists, and its prompt."""
+    """The one record of an NLM report: its first frontal image that exists (the other existing
+    frontal images as fallbacks) and its prompt; or one skip entry naming the report's images."""
     if not images:
-        log.skip(uid, "report has no image", where)
+        log.skip(uid, "report has no image", where, images=[])
         return None
     text = choose_text(findings, impression)
     if text is None:
-        log.skip(uid, "empty findings and impression", where)
-        log.exclude("image of a skipped report", len(images))
+        log.skip(uid, "empty findings and impression", where, images=images)
         return None
     if have_table:
-        classes = [views.get(i, ("unknown", ""))[0] for i in images]
+        seen = [_view_of(i, views) for i in images]
+        classes = [c for c, _ in seen]
         if "frontal" not in classes and "lateral" in classes and classes.count("unknown") == 1:
             # A "PA and lateral" pair whose table knows only the lateral (e.g. the t-SNE table,
             # which labels first images only): the other image is the frontal one.
             k = classes.index("unknown")
-            classes[k] = "frontal"
-            views = {**views, images[k]: ("frontal", "frontal by elimination")}
+            classes[k], seen[k] = "frontal", ("frontal", "frontal by elimination")
         frontal = [i for i, c in zip(images, classes, strict=True) if c == "frontal"]
-        log.exclude("lateral view", classes.count("lateral"))
-        log.exclude("view unknown (not in the view table)", classes.count("unknown"))
+        if not frontal:
+            views_seen = "; ".join(f"{i}: {d}" for i, (_, d) in zip(images, seen, strict=True))
+            log.skip(uid, "no frontal image", f"{where}: {views_seen}", images=images)
+            return None
     else:
+        seen = [("frontal", "unknown (first image)")] + [("unused", "")] * (len(images) - 1)
         frontal = images[:1]
-        log.exclude("not the first image of its report (first-image rule)", len(images) - 1)
-    if not frontal:
-        log.exclude("report without a frontal image")
+    present = [i for i in frontal if f"{i}.png" in pngs]
+    if not present:
+        log.skip(uid, "image file missing", f"{where}: no " + ", ".join(f"{i}.png" for i in frontal),
+                 images=images)
         return None
-    for k, image in enumerate(frontal):
-        path = pngs.get(f"{image}.png")
-        if path is None:
-            log.skip(image, "image file missing", f"{image}.png (referenced by {where})")
-            continue
-        log.exclude("further frontal image of the same report (one per report)", len(frontal) - k - 1)
-        projection = views[image][1] if have_table else "unknown (first image)"
-        return Candidate(source_id=uid, image=path, text=text[0],
-                         labels={"uid": uid, "projection": projection, "text_source": text[1]},
-                         extra={"image_id": image})
-    return None
+    for image, (cls, desc) in zip(images, seen, strict=True):
+        if cls == "lateral":
+            log.exclude("lateral view")
+        elif cls == "unknown":
+            log.exclude("view unknown: " + ("value not recognised" if desc.endswith("recognised") else desc))
+        elif cls == "unused":
+            log.exclude("not the first image of its report (first-image rule)")
+        elif image not in present:
+            log.exclude("frontal image file missing (the report has another)")
+    projection = {i: d for i, (_, d) in zip(images, seen, strict=True)}
+    cands = [Candidate(source_id=uid, image=pngs[f"{i}.png"], text=text[0],
+                       labels={"uid": uid, "projection": projection[i], "text_source": text[1]},
+                       extra={"image_id": i}) for i in present]
+    cands[0].fallbacks = cands[1:]
+    return cands[0]
 
 
 # ----------------------------------------------------------------------------- Kaggle layout
@@ -224,11 +252,11 @@ def _collect_kaggle(raw: Path, reports_csv: Path, log: SkipLog) -> list[Candidat
         uid, name, projection = row["uid"].strip(), row["filename"].strip(), row["projection"].strip()
         where = f"{proj_csv.name}:{line}"
         if has_undecodable(uid + name + projection):
-            log.skip(name or where, "text is not valid UTF-8", where)
+            log.skip(where, "text is not valid UTF-8", where)
         elif not uid or not name:
             log.skip(where, "empty uid or filename", where)
         elif name in seen_files:
-            log.skip(name, "duplicate image row", f"{where} (first kept)")
+            log.skip(f"CXR{uid}", "duplicate image row", f"{where}: {name} (first row kept)", images=[name])
         else:
             seen_files.add(name)
             per_uid[uid].append((name, projection))
@@ -238,54 +266,60 @@ def _collect_kaggle(raw: Path, reports_csv: Path, log: SkipLog) -> list[Candidat
         uid = row["uid"].strip()
         where = f"{reports_csv.name}:{line}"
         if has_undecodable("".join(row.values())):
-            log.skip(f"CXR{uid}" if uid else where, "text is not valid UTF-8", where)
-            if uid and not has_undecodable(uid) and uid not in seen_uids:
+            ok_uid = uid and not has_undecodable(uid)
+            images = [n for n, _ in per_uid.get(uid, [])] if ok_uid else None
+            log.skip(f"CXR{uid}" if ok_uid else where, "text is not valid UTF-8", where, images=images)
+            if ok_uid:
                 seen_uids.add(uid)
-                log.exclude("image of a skipped report", len(per_uid.get(uid, [])))
             continue
         if not uid:
             log.skip(where, "empty uid", where)
             continue
         if uid in seen_uids:
-            log.skip(f"CXR{uid}", "duplicate id", f"{where} (first kept)")
+            log.skip(f"CXR{uid}", "duplicate id", f"{where} (first kept)", images=[])
             continue
         seen_uids.add(uid)
         cand = _kaggle_candidate(uid, where, row, per_uid.get(uid, []), pngs, log)
         if cand is not None:
             out.append(cand)
     for uid in sorted(set(per_uid) - seen_uids, key=natural_key):
-        for name, _ in per_uid[uid]:
-            log.skip(name, "image row for a uid not in indiana_reports.csv", f"uid {uid}")
+        names = [n for n, _ in per_uid[uid]]
+        log.skip(f"CXR{uid}", "images of a uid not in indiana_reports.csv", f"uid {uid} in {proj_csv.name}",
+                 images=names)
     return out
 
 
 def _kaggle_candidate(uid: str, where: str, row: dict[str, str], images: list[tuple[str, str]],
                       pngs: dict[str, str], log: SkipLog) -> Candidate | None:
+    """The one record of a Kaggle report, as :func:`_choose` for the NLM layout."""
     source_id = f"CXR{uid}"
+    names = [n for n, _ in images]
     if not images:
-        log.skip(source_id, "report has no image", where)
+        log.skip(source_id, "report has no image", where, images=[])
         return None
     text = choose_text(row["findings"], row["impression"])
     if text is None:
-        log.skip(source_id, "empty findings and impression", where)
-        log.exclude("image of a skipped report", len(images))
+        log.skip(source_id, "empty findings and impression", where, images=names)
         return None
     classes = [view_class(p) for _, p in images]
-    for (name, value), cls in zip(images, classes, strict=True):
-        if cls == "unknown":
-            log.skip(name, "unknown projection value", f"{value!r} in indiana_projections.csv")
     frontal = [(n, p) for (n, p), c in zip(images, classes, strict=True) if c == "frontal"]
-    log.exclude("lateral view", classes.count("lateral"))
     if not frontal:
-        log.exclude("report without a frontal image")
+        seen = "; ".join(f"{n}: {p!r}" for n, p in images)
+        log.skip(source_id, "no frontal image", f"{where}: projections {seen}", images=names)
         return None
-    for k, (name, projection) in enumerate(frontal):
-        path = pngs.get(name)
-        if path is None:
-            log.skip(name, "image file missing", f"{name} (listed in indiana_projections.csv)")
-            continue
-        log.exclude("further frontal image of the same report (one per report)", len(frontal) - k - 1)
-        return Candidate(source_id=source_id, image=path, text=text[0],
-                         labels={"uid": source_id, "projection": projection, "text_source": text[1]},
-                         extra={"image_id": name})
-    return None
+    present = [(n, p) for n, p in frontal if n in pngs]
+    if not present:
+        log.skip(source_id, "image file missing",
+                 f"{where}: no " + ", ".join(n for n, _ in frontal) + " (listed in indiana_projections.csv)",
+                 images=names)
+        return None
+    log.exclude("lateral view", classes.count("lateral"))
+    unknown = [p for (_, p), c in zip(images, classes, strict=True) if c == "unknown"]
+    log.exclude("view unknown: blank projection", sum(not p for p in unknown))
+    log.exclude("view unknown: value not recognised", sum(bool(p) for p in unknown))
+    log.exclude("frontal image file missing (the report has another)", len(frontal) - len(present))
+    cands = [Candidate(source_id=source_id, image=pngs[n], text=text[0],
+                       labels={"uid": source_id, "projection": p, "text_source": text[1]},
+                       extra={"image_id": n}) for n, p in present]
+    cands[0].fallbacks = cands[1:]
+    return cands[0]

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from selora.data import iuxray, montgomery, patchgastric, synthetic
 from selora.data.common import Candidate, Pool, PrepareOptions, SkipLog, dedupe
-from selora.data.images import OrderedPool, process_image
+from selora.data.images import OrderedPool, process_first_usable
 from selora.data.report import count_tokens, load_tokenizer, summarise, to_markdown
 from selora.errors import ConfigError, DatasetFormatError
 from selora.imagefolder import MANIFEST, SPLITS, image_folder, split_hash
@@ -36,7 +36,7 @@ DATASETS: dict[str, ModuleType] = {
 # The paper's image size per data set (Section 3.5, Appendix C); synthetic-cxr: the embedded default.
 PAPER_SIZE = {"iu-xray": 224, "montgomery": 224, "patchgastric": 384, "synthetic-cxr": 32}
 REPORT_JSON, REPORT_MD = "data_report.json", "data_report.md"
-FORMAT_VERSION = 1  # bump when the output for the same inputs changes
+FORMAT_VERSION = 2  # bump when the output for the same inputs changes
 
 
 def default_splits(dataset: str, size: int) -> dict[str, float]:
@@ -102,6 +102,8 @@ def prepare(opts: PrepareOptions, progress: bool = False) -> tuple[dict[str, Any
         tokenizer, tok_note = load_tokenizer(opts.tokenizer)
         if tokenizer is None and opts.tokenizer_note:
             tok_note = opts.tokenizer_note
+        if tokenizer is None:
+            log.warnings.append(f"no token counts: {tok_note}")
         n_tokens = count_tokens(tokenizer, [c.text for c, _, _ in accepted]) if tokenizer else None
         for i, (cand, _, staged) in enumerate(accepted):
             extra = dict(cand.extra)
@@ -111,8 +113,7 @@ def prepare(opts: PrepareOptions, progress: bool = False) -> tuple[dict[str, Any
                            labels=cand.labels, **extra)
         staging.rmdir()
         rows = [r for s in SPLITS for r in writer.rows[s]]
-        limit = getattr(tokenizer, "model_max_length", None) if tokenizer else None
-        limit = limit if isinstance(limit, int) and limit < 100_000 else None
+        limit = tokenizer.model_max_length if tokenizer else None  # checked by load_tokenizer
         report = {
             "config": opts.config(),
             "layout": layout,
@@ -121,6 +122,7 @@ def prepare(opts: PrepareOptions, progress: bool = False) -> tuple[dict[str, Any
             "tokenizer": {"source": tok_note if tokenizer else None, "max_length": limit,
                           "note": "" if tokenizer else tok_note},
             "notes": log.notes,
+            "warnings": log.warnings,
             "excluded": dict(sorted(log.excluded.items())),
             "skip_counts": log.skip_counts(),
             "skipped": log.skipped,
@@ -140,20 +142,24 @@ def _decode(pools: list[Pool], opts: PrepareOptions, staging: Path, log: SkipLog
     total = sum(p.quota if p.quota is not None else p.size for p in pools)
     seq = itertools.count()
 
-    def job(c: Candidate) -> tuple[str, int, str]:
-        return c.image, opts.size, str(staging / f"{next(seq):08d}.png")
+    def job(c: Candidate) -> tuple[tuple[str, ...], int, str]:
+        return (c.image, *(f.image for f in c.fallbacks)), opts.size, str(staging / f"{next(seq):08d}.png")
 
     with OrderedPool(opts.workers) as workers, tqdm(total=total, unit="img", disable=not progress,
                                                      desc=f"prepare {opts.dataset}") as bar:
         for pool in pools:
             taken = tried = 0
-            for cand, (args, error) in workers.map(process_image, pool.items, job):
+            for cand, (args, (index, errors)) in workers.map(process_first_usable, pool.items, job):
                 tried += 1
-                if error is not None:
-                    reason = error if error == "image file missing" else "unreadable image"
-                    log.skip(cand.source_id, reason, f"{cand.image}: {error}")
+                options = [cand, *cand.fallbacks]
+                if index is None:
+                    _skip_unusable(cand, options, errors, log)
                     continue
-                accepted.append((cand, pool.split, Path(args[2])))
+                for error in errors:
+                    log.exclude(f"{_image_problem(error)}; the record's next image was used")
+                log.exclude("further usable image of the same record (one per record)",
+                            len(options) - index - 1)
+                accepted.append((options[index], pool.split, Path(args[2])))
                 taken += 1
                 bar.update()
                 if pool.quota is not None and taken == pool.quota:
@@ -169,6 +175,19 @@ def _decode(pools: list[Pool], opts: PrepareOptions, staging: Path, log: SkipLog
         if path.name not in used:
             path.unlink()
     return accepted
+
+
+def _image_problem(error: str) -> str:
+    return error if error == "image file missing" else "unreadable image"
+
+
+def _skip_unusable(cand: Candidate, options: list[Candidate], errors: list[str], log: SkipLog) -> None:
+    """One skip entry for a record none of whose images could be used."""
+    reasons = {_image_problem(e) for e in errors}
+    reason = reasons.pop() if len(reasons) == 1 else "unreadable image"
+    detail = "; ".join(f"{c.image}: {e}" for c, e in zip(options, errors, strict=True))
+    ids = [c.extra["image_id"] for c in options if "image_id" in c.extra]
+    log.skip(cand.source_id, reason, detail, images=ids or None)
 
 
 def _assign(accepted: list[tuple[Candidate, str | None, Path]], opts: PrepareOptions,

@@ -2,8 +2,9 @@
 
 Counts per split, label distributions, prompt lengths in text-encoder tokens (and how many exceed
 the encoder's 77-token context, i.e. are truncated in training), every skipped record with its
-reason, the protocol's exclusions by reason, and the notes of the parser (e.g. how IU X-Ray frontal
-views were found).
+reason and image ids, the images not used counted by reason (records and images are never added
+into one number), the notes of the parser (e.g. how IU X-Ray frontal views were found) and its
+warnings, which the CLI also prints.
 """
 
 from __future__ import annotations
@@ -16,23 +17,40 @@ from typing import Any
 from selora.imagefolder import SPLITS
 
 MD_SKIP_LIMIT = 200  # the markdown lists this many skipped records; the JSON lists all
+MIN_VOCAB = 256  # a byte-level BPE has at least its 256 byte symbols
+MAX_CONTEXT = 100_000  # a text encoder's context; transformers' "no limit" placeholder is 1e30
 
 
 def load_tokenizer(source: str | None) -> tuple[Any | None, str]:
     """The base model's ``CLIPTokenizer`` from a diffusers folder (``tokenizer/``), a tokenizer folder
     or a cached hub id — or None and the reason. Never downloads; a missing tokenizer is reported,
-    not fatal (prompt lengths are then unavailable)."""
+    not fatal (prompt lengths are then unavailable).
+
+    What loads is checked, not trusted: offline, transformers returns an *empty* tokenizer for an
+    uncached hub id (2 entries, ``model_max_length`` 1e30), and a folder without
+    ``model_max_length`` loads with that same placeholder. Counts from either would be garbage."""
     if not source:
         return None, "no tokenizer configured"
     from transformers import CLIPTokenizer
 
     path = Path(source)
     sub = "tokenizer" if (path / "tokenizer").is_dir() or not path.exists() else ""
+    where = source + (f" ({sub}/)" if sub else "")
     try:
         tok = CLIPTokenizer.from_pretrained(source, subfolder=sub, local_files_only=True)
-    except (OSError, ValueError, TypeError) as exc:
-        return None, f"cannot load a tokenizer from {source}: {str(exc).splitlines()[0][:300]}"
-    return tok, source + (f" ({sub}/)" if sub else "")
+    except Exception as exc:  # any loader failure (OSError, JSON, tokenizers' own errors): no counts
+        return None, f"cannot load a tokenizer from {where}: {str(exc).splitlines()[0][:300]}"
+    if len(tok) < MIN_VOCAB:
+        return None, (f"the tokenizer loaded from {where} is empty ({len(tok)} entries; a byte-level BPE "
+                      f"has at least {MIN_VOCAB}): offline, an uncached hub id loads this way; download "
+                      "the base model or point --tokenizer at a tokenizer folder")
+    limit = tok.model_max_length
+    if not isinstance(limit, int) or not 0 < limit <= MAX_CONTEXT:
+        shown = f"{limit:.3g}" if isinstance(limit, int | float) else repr(limit)
+        return None, (f"the tokenizer from {where} has no usable model_max_length ({shown}; "
+                      "transformers' placeholder when tokenizer_config.json has none), so the text "
+                      "encoder's context is unknown")
+    return tok, where
 
 
 def count_tokens(tokenizer: Any, texts: list[str], batch: int = 512) -> list[int]:
@@ -107,8 +125,10 @@ def to_markdown(report: dict[str, Any]) -> str:
         f"- raw data: `{cfg['raw']}`",
         f"- seed {cfg['seed']}; split fractions: {splits}",
         f"- split hash: `{report['split_hash']}`",
-        f"- {report['total']} image–text pairs written; {len(report['skipped'])} records skipped "
-        f"(bad input, listed below); {sum(report['excluded'].values())} left out by the protocol",
+        f"- {report['total']} image–text pairs written, one per record",
+        f"- {len(report['skipped'])} records skipped (bad input or no usable image; each listed below)",
+        f"- {sum(report['excluded'].values())} further images not used (counted by reason below)",
+        *[f"- **Warning**: {w}" for w in report.get("warnings", [])],
         "",
         "## Counts per split",
         "",
@@ -121,9 +141,12 @@ def to_markdown(report: dict[str, Any]) -> str:
     limit = report["tokenizer"].get("max_length")
     if tok:
         lines += [f"Text-encoder tokens (with begin/end tokens; tokenizer: {report['tokenizer']['source']}). "
-                  f"Prompts over {limit} tokens are truncated by the text encoder.", ""]
-        lines += _table(["split", "n", "min", "median", "mean", "p95", "max", f"> {limit}"],
-                        [[s, v["n"], v["min"], v["median"], v["mean"], v["p95"], v["max"], v["over_limit"]]
+                  + (f"Prompts over {limit} tokens are truncated by the text encoder." if limit else
+                     "The text encoder's context is unknown."), ""]
+        over = [f"> {limit}"] if limit else []
+        lines += _table(["split", "n", "min", "median", "mean", "p95", "max", *over],
+                        [[s, v["n"], v["min"], v["median"], v["mean"], v["p95"], v["max"],
+                          *([v["over_limit"]] if limit else [])]
                          for s, v in tok.items() if v["n"]])
     else:
         lines += [f"Token counts unavailable: {report['tokenizer']['note']}. Words per prompt instead:", ""]
@@ -136,15 +159,15 @@ def to_markdown(report: dict[str, Any]) -> str:
         lines.append(f"- **{split}**: " + ("; ".join(parts) or "none"))
     if report["notes"]:
         lines += ["", "## Notes", "", *[f"- {n}" for n in report["notes"]]]
-    lines += ["", "## Left out by the protocol (counted)", ""]
-    lines += _table(["reason", "count"], [[k, v] for k, v in report["excluded"].items()]) \
+    lines += ["", "## Further images not used (counted)", ""]
+    lines += _table(["reason", "images"], [[k, v] for k, v in report["excluded"].items()]) \
         if report["excluded"] else ["none"]
     lines += ["", f"## Skipped records ({len(report['skipped'])})", ""]
     if report["skipped"]:
-        lines += [*_table(["reason", "count"], [[k, v] for k, v in report["skip_counts"].items()]), ""]
+        lines += [*_table(["reason", "records"], [[k, v] for k, v in report["skip_counts"].items()]), ""]
         shown = report["skipped"][:MD_SKIP_LIMIT]
-        rows = [[s["source"], s["reason"], s["detail"]] for s in shown]
-        lines += _table(["record", "reason", "detail"], rows)
+        rows = [[s["source"], s["reason"], ", ".join(s.get("images", [])), s["detail"]] for s in shown]
+        lines += _table(["record", "reason", "images", "detail"], rows)
         if len(report["skipped"]) > MD_SKIP_LIMIT:
             lines += ["", f"... and {len(report['skipped']) - MD_SKIP_LIMIT} more: see data_report.json"]
     else:

@@ -100,7 +100,7 @@ def _inception(params: Params, device: str) -> tuple[Any, dict[str, Any]]:
     net = InceptionTaps(weights).to(device)
     desc = {
         "name": "inception",
-        "label": "Inception-v3 (FID weights, TF resize, float64)",
+        "label": "Inception-v3 (FID weights, TF resize, float32)",
         "dims": net.dims,
         "weights": str(weights),
         "weights_sha256": _sha256(weights),
