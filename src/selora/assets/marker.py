@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from selora.io import write_json
+
+if TYPE_CHECKING:
+    from selora.config import Params
 
 MARKER = "SELORA_ASSET.json"
 FORMAT = 1
@@ -63,7 +66,7 @@ def _folder_of(path: str | None) -> Path | None:
     return p if p.is_dir() else p.parent if p.is_file() else None
 
 
-def placeholder_inputs(params: Any) -> list[str]:
+def placeholder_inputs(params: Params) -> list[str]:
     """One line per configured input (base model, metric weights, raw data of the grid's data sets)
     whose folder carries a marker: the reason the results are meaningless."""
     sources = [("base model", params.base_model.name),

@@ -3,7 +3,7 @@
     <out>/sd15/                 SD 1.5 architecture, random weights, CLIP's tokenizer (base_model.name)
     <out>/inception/            FID Inception-v3 state dict, random weights (evaluate.inception_weights)
     <out>/clip/                 small random CLIP with the real tokenizer (evaluate.clip_model)
-    <out>/raw/iu-xray/          NLM layout: the first real report XMLs, view table, placeholder PNGs
+    <out>/raw/iu-xray/          NLM layout: the first real report XMLs, view tables, placeholder PNGs
     <out>/raw/montgomery/       MontgomerySet/ (CXR_png, ClinicalReadings), generated
     <out>/raw/patchgastric/     captions.csv + patches/, generated
 
@@ -25,7 +25,7 @@ from selora.assets.marker import is_current, write_marker
 from selora.io import atomic_dir, file_sha256
 
 LAYOUT_VERSION = 1
-IU_REPORTS = 24  # the first real reports: ~20 kept after prepare's protocol (frontal image, text)
+IU_REPORTS = 16  # the first real reports: 15 kept by prepare's protocol (frontal image, text)
 IMAGE_SIZE = 64  # placeholder pixels; prepare resizes to each setup's size
 MONTGOMERY = {"n_normal": 8, "n_tb": 4}
 PATCHGASTRIC = {"slides": 4, "patches": 4}
@@ -69,18 +69,21 @@ def write_patchgastric_raw(out: Path) -> bool:
     return True
 
 
-def write_iu_xray_raw(out: Path, reports_tgz: Path, dicom_csv_gz: Path, n_reports: int = IU_REPORTS) -> bool:
-    """The NLM tree of the first ``n_reports`` real reports (texts and view table real, pixels not)."""
+def write_iu_xray_raw(out: Path, reports_tgz: Path, dicom_csv_gz: Path, tsne_csv_gz: Path,
+                      n_reports: int = IU_REPORTS) -> bool:
+    """The NLM tree of the first ``n_reports`` real reports with both real view tables (DICOM
+    headers; torchxrayvision's t-SNE PA/L table, which params-paper.yaml uses); pixels are not real."""
     from selora.assets.layouts import first_reports_tgz
     from selora.assets.nlm import write_nlm_tree
 
     spec = _layout_spec("iu-xray-nlm", n_reports=n_reports, size=IMAGE_SIZE,
-                        reports_sha256=file_sha256(reports_tgz), views_sha256=file_sha256(dicom_csv_gz))
+                        reports_sha256=file_sha256(reports_tgz), views_sha256=file_sha256(dicom_csv_gz),
+                        tsne_sha256=file_sha256(tsne_csv_gz))
     if is_current(out, spec):
         return False
     with tempfile.TemporaryDirectory(prefix="selora-nlm-") as tmp:
         subset = first_reports_tgz(reports_tgz, Path(tmp) / "reports.tgz", n_reports)
-        info = write_nlm_tree(out, subset, dicom_csv_gz, size=IMAGE_SIZE)
+        info = write_nlm_tree(out, subset, dicom_csv_gz, size=IMAGE_SIZE, tsne_csv_gz=tsne_csv_gz)
     # Written last: a tree without it (killed between the two writes) is rebuilt.
     write_marker(out, f"IU X-Ray NLM layout: the first {n_reports} real reports, placeholder images",
                  spec, reports=info["reports"], images=info["images"])
@@ -91,17 +94,18 @@ def build(out: Path, cache: Path | None = None, say: Callable[[str], None] = pri
     """Build (or keep) every ingredient under ``out``; returns what was built and how long it took."""
     from selora.assets.cliptok import clip_bpe
     from selora.assets.metric_weights import write_fid_inception, write_small_clip
-    from selora.assets.nlm import nlm_sources
+    from selora.assets.nlm import nlm_sources, nlm_tsne_views
     from selora.assets.sd15_base import write_sd15_base
 
     out = Path(out)
     bpe = clip_bpe(cache)
     reports, views = nlm_sources(cache)
+    tsne = nlm_tsne_views(cache)
     steps: list[tuple[str, Path, Callable[[Path], bool]]] = [
         ("sd15", out / "sd15", lambda p: write_sd15_base(p, bpe)),
         ("inception", out / "inception", write_fid_inception),
         ("clip", out / "clip", lambda p: write_small_clip(p, bpe)),
-        ("raw/iu-xray", out / "raw" / "iu-xray", lambda p: write_iu_xray_raw(p, reports, views)),
+        ("raw/iu-xray", out / "raw" / "iu-xray", lambda p: write_iu_xray_raw(p, reports, views, tsne)),
         ("raw/montgomery", out / "raw" / "montgomery", write_montgomery_raw),
         ("raw/patchgastric", out / "raw" / "patchgastric", write_patchgastric_raw),
     ]
