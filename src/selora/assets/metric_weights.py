@@ -21,7 +21,7 @@ from selora.assets.marker import is_current, write_marker
 from selora.io import atomic_dir, file_sha256
 
 VERSION = 1
-CALIBRATION_IMAGES = 8
+CALIBRATION_IMAGES = 4
 
 
 def inception_spec(seed: int = 0) -> dict[str, Any]:
