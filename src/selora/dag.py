@@ -269,11 +269,13 @@ def _dvc_command(job: Job) -> str:
 
 
 def _dvc_outs(path: str) -> tuple[str, Any]:
-    """Where an output goes in a DVC stage: metrics files and figures are not cached."""
+    """Where an output goes in a DVC stage. Metrics and figures stay in DVC's cache (its default):
+    results/ is git-ignored, so an uncached metrics file would exist in no commit, and `dvc exp
+    show` would print "!" for every experiment but the workspace."""
     if path.endswith("metrics.json"):
-        return "metrics", {path: {"cache": False}}
+        return "metrics", path
     if Path(path).name == "figures":
-        return "plots", {path: {"cache": False}}
+        return "plots", path
     return "outs", path
 
 
