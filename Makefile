@@ -1,4 +1,4 @@
-# The two commands of the README: `make test` and `make repro`. Both create .venv on first use.
+# The commands of the README: `make test`, `make repro` and `make rehearse`. They create .venv on first use.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -6,11 +6,13 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CORES ?= 2
 
-.PHONY: test test-slow repro lint bench clean-results help
+.PHONY: test test-slow repro rehearse lint bench clean-results help
 
 help:
 	@echo "make test   - create .venv if missing, install the pinned environment, run the test suite"
 	@echo "make repro  - create .venv if missing, run the whole pipeline on the embedded default"
+	@echo "make rehearse - the paper path (all setups, methods, ablations, tables) offline on the CPU:"
+	@echo "                random-weight SD 1.5 and placeholder data, numbers meaningless (~15 min)"
 	@echo "make lint   - ruff + snakemake --lint"
 	@echo "make bench  - the benchmarks in benchmarks/ (writes results/benchmarks/*.json)"
 
@@ -31,6 +33,16 @@ test-slow: $(STAMP)
 
 repro: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --cores $(CORES) -p
+
+# The paper's params with the rehearsal overlay (.test/config-rehearsal.yaml), through the same
+# Snakefile, rules and subcommands; the ingredients come from `selora rehearsal-assets`. A second
+# run builds nothing and runs no job.
+REHEARSAL_CONFIG := --configfile params-paper.yaml .test/config-rehearsal.yaml
+rehearse: $(STAMP)
+	@start=$$(date +%s); \
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/selora rehearsal-assets --out rehearsal-assets && \
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --cores $(CORES) -p --rerun-incomplete $(REHEARSAL_CONFIG) && \
+	echo "rehearse: done in $$(( $$(date +%s) - start )) s on $(CORES) cores; tables in results-rehearsal/tables"
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -45,6 +45,10 @@ README_COMMANDS = {
         "test_workflow.py::test_config_overrides_reach_every_selora_call_and_the_grid runs it with --dry-run",
     "snakemake --cores 4 --profile slurm --configfile params-paper.yaml":
         "needs SLURM: test_workflow.py::test_dry_run_of_the_paper_grid runs it with --dry-run",
+    "make rehearse": "test_rehearsal.py::test_make_rehearse_runs_the_paper_grid_into_every_table_then_does_"
+                     "nothing (slow: ≈ 15 min on 2 cores; the same `make rehearse`, with the test's venv)",
+    "snakemake -n --profile slurm --configfile params-paper.yaml .test/config-rehearsal.yaml":
+        "test_rehearsal.py::test_slurm_dry_run_with_the_overlay_lists_the_full_grid runs it verbatim",
     "dvc repro paper/dvc.yaml": "needs the paper's data and a GPU: this test runs `dvc dag paper/dvc.yaml` "
                                 "(it parses) and test_workflow.py compares its jobs with Snakemake's",
     "selora prepare --dataset iu-xray      --raw data/raw/iu-xray      --out data/prepared/iu-xray-224 "

@@ -44,6 +44,24 @@ def test_numpy_side_fid_and_kid_equal_the_torchmetrics_ones():
     assert frechet_distance(real, real + 0.5) == pytest.approx(16 * 0.25, rel=1e-8)
 
 
+def test_fewer_images_than_dimensions_take_the_cross_gram_route_to_the_same_fid():
+    """n < d (a few test images in Inception's 2048 dims): the n × m singular values give exactly the
+    eigen-form distance, and so does every bootstrap resample."""
+    from selora.metrics import stats
+
+    real, fake = _features(12, 40, 0), _features(15, 40, 1) * 1.3 + 0.2
+    eigen = stats._frechet(*(lambda r, c: (r.mean(0), c, stats._psd_sqrt(c)))(
+        torch.tensor(real), torch.cov(torch.tensor(real).T)), torch.tensor(fake))
+    # (the eigen form is the less exact one here: √ of rounding-level eigenvalues of a rank-11 Σ₁)
+    assert frechet_distance(real, fake) == pytest.approx(eigen, rel=1e-7)
+    assert frechet_distance(real, fake) == pytest.approx(
+        frechet.fid(torch.tensor(real), torch.tensor(fake)), rel=1e-6)
+    idx = np.arange(12)
+    boot = bootstrap(real, {"a": RunFeatures(fake[:12], idx)}, 5, seed=3)["a"]["fid"]
+    draws = np.random.default_rng(3).integers(0, 12, size=(5, 12))
+    assert boot == pytest.approx([frechet_distance(real[d], fake[:12][d]) for d in draws], rel=1e-9)
+
+
 def _bootstrap(real, gens: dict, resamples: int = 200, seed: int = 0):
     idx = np.arange(len(real))
     return bootstrap(real, {k: RunFeatures(v, idx) for k, v in gens.items()}, resamples, seed)

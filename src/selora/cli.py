@@ -24,6 +24,8 @@ PHASES: tuple[tuple[str, str, str], ...] = (
     ("sample", "sample", "generate the test prompts' images with a run's best adapter"),
     ("evaluate", "evaluate", "score one run's samples (FID 64/192/2048, KID, CLIP score, finding accuracy)"),
     ("report", "report", "aggregate all runs into results/tables/*.md and results/figures/*.png"),
+    ("rehearsal-assets", "rehearsal_assets",
+     "build the paper path's ingredients offline (SD 1.5 with random weights, metric weights, raw layouts)"),
     ("dvc-yaml", "dvc_yaml", "write dvc.yaml from the Snakemake DAG (the same jobs, commands and params)"),
 )
 

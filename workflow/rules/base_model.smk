@@ -12,6 +12,8 @@ rule pretrain_base:
         depends=job_hash("pretrain_base"),
     log:
         f"{LOGS}/pretrain_base.log",
+    benchmark:
+        f"{LOGS}/benchmarks/pretrain_base.tsv",
     threads: 2
     resources:
         mem_mb=4000,

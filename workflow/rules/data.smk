@@ -10,6 +10,8 @@ rule make_synthetic:
         depends=job_hash("make_synthetic"),
     log:
         f"{LOGS}/make_synthetic.log",
+    benchmark:
+        f"{LOGS}/benchmarks/make_synthetic.tsv",
     threads: 1
     resources:
         mem_mb=2000,
@@ -32,6 +34,8 @@ rule prepare:
         depends=job_hash("prepare"),
     log:
         f"{LOGS}/prepare/{{setup}}.log",
+    benchmark:
+        f"{LOGS}/benchmarks/prepare/{{setup}}.tsv",
     threads: 2
     resources:
         mem_mb=4000,

@@ -14,6 +14,8 @@ rule fit_reference:
         depends=job_hash("fit_reference"),
     log:
         f"{LOGS}/fit_reference/{{setup}}.log",
+    benchmark:
+        f"{LOGS}/benchmarks/fit_reference/{{setup}}.tsv",
     threads: 1
     resources:
         gpu=GPU,
@@ -39,6 +41,8 @@ rule evaluate:
         run_dir=lambda wildcards, output: str(Path(output.metrics).parent),
     log:
         f"{LOGS}/evaluate/{{setup}}/{{method}}/{{variant}}/seed{{seed}}.log",
+    benchmark:
+        f"{LOGS}/benchmarks/evaluate/{{setup}}/{{method}}/{{variant}}/seed{{seed}}.tsv",
     threads: 1
     resources:
         gpu=GPU,
@@ -60,3 +64,5 @@ use rule evaluate as evaluate_no_adapter with:
         features=f"{NO_ADAPTER_RUN}/features.safetensors",
     log:
         f"{LOGS}/evaluate/{{setup}}/{NO_ADAPTER}/default/seed0.log",
+    benchmark:
+        f"{LOGS}/benchmarks/evaluate/{{setup}}/{NO_ADAPTER}/default/seed0.tsv",

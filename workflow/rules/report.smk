@@ -35,6 +35,8 @@ rule report:
         results=lambda wildcards, output: str(Path(output.tables).parent),
     log:
         f"{LOGS}/report.log",
+    benchmark:
+        f"{LOGS}/benchmarks/report.tsv",
     threads: 1
     resources:
         mem_mb=4000,

@@ -18,6 +18,8 @@ rule sample:
         depends=job_hash("sample"),
     log:
         f"{LOGS}/sample/{{setup}}/{{method}}/{{variant}}/seed{{seed}}.log",
+    benchmark:
+        f"{LOGS}/benchmarks/sample/{{setup}}/{{method}}/{{variant}}/seed{{seed}}.tsv",
     threads: TRAIN_THREADS
     resources:
         gpu=GPU,
@@ -42,6 +44,8 @@ rule sample_no_adapter:
         depends=job_hash("sample_no_adapter"),
     log:
         f"{LOGS}/sample/{{setup}}/{NO_ADAPTER}/default/seed0.log",
+    benchmark:
+        f"{LOGS}/benchmarks/sample/{{setup}}/{NO_ADAPTER}/default/seed0.tsv",
     threads: TRAIN_THREADS
     resources:
         gpu=GPU,

@@ -15,6 +15,8 @@ rule train:
         depends=job_hash("train"),
     log:
         f"{LOGS}/train/{{setup}}/{{method}}/{{variant}}/seed{{seed}}.log",
+    benchmark:
+        f"{LOGS}/benchmarks/train/{{setup}}/{{method}}/{{variant}}/seed{{seed}}.tsv",
     threads: TRAIN_THREADS
     resources:
         gpu=GPU,

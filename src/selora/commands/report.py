@@ -12,6 +12,7 @@ to write a report while any configured run is missing.
 from __future__ import annotations
 
 import argparse
+import sys
 
 from selora.commands import add_params_arguments, load_params_from_args
 
@@ -33,4 +34,7 @@ def run(args: argparse.Namespace) -> int:
         f"{out['runs'] - out['missing']} of {out['runs']} runs evaluated"
         + (f" ({out['missing']} missing, listed in the tables)" if out["missing"] else "")
     )
+    if out["placeholder_inputs"]:
+        print("report: WARNING: the numbers are meaningless (placeholder inputs, see the tables' "
+              "first lines): " + "; ".join(out["placeholder_inputs"]), file=sys.stderr)
     return 0

@@ -13,7 +13,10 @@ Two sources of noise make one FID differ from another, and each gets its own too
   "the methods are equal" (a Wilcoxon signed-rank test cannot go below p = 0.25 with 3 pairs).
 
 FID here is the Fréchet distance in float64 (tr √(Σ₁Σ₂) through the eigenvalues of the symmetric
-√Σ₁ Σ₂ √Σ₁, on one torch thread: 200 resamples × 15 runs take seconds); KID is the unbiased
+√Σ₁ Σ₂ √Σ₁, on one torch thread: 200 resamples × 15 runs take seconds at d = 128). With fewer test
+images than feature dimensions (Inception's 2048 against tens to hundreds of test images) it goes
+through the n × m cross-Gram matrix instead, exactly (:func:`_gram_frechet`): the d × d eigen-problems
+took ~4 s each here at d = 2048, i.e. hours for a paper-scale bootstrap. KID is the unbiased
 polynomial-kernel MMD² over the whole resample (KID's kernel, without its subsets). Both agree with
 :mod:`selora.metrics.frechet` (torchmetrics) on the same sets; ``tests/test_stats.py`` checks it.
 Duplicated rows in a resample make its covariance slightly smaller, so resampled FIDs scatter around
@@ -59,12 +62,25 @@ def _frechet(mu1: torch.Tensor, cov1: torch.Tensor, sqrt1: torch.Tensor, fake: t
     return float(((mu1 - mu2) ** 2).sum() + cov1.trace() + cov2.trace() - 2 * tr_covmean)
 
 
+def _gram_frechet(real: torch.Tensor, fake: torch.Tensor) -> float:
+    """The same distance through the n × m cross-Gram matrix, for n < d: with Σᵢ = XᵢᵀXᵢ (rows
+    centred, scaled by 1/√(nᵢ − 1)), the non-zero eigenvalues of Σ₁Σ₂ are those of (X₁X₂ᵀ)(X₁X₂ᵀ)ᵀ,
+    so tr √(Σ₁Σ₂) is the sum of the singular values of X₁X₂ᵀ, and tr Σᵢ = ‖Xᵢ‖²."""
+    mu1, mu2 = real.mean(0), fake.mean(0)
+    x1 = (real - mu1) / math.sqrt(len(real) - 1)
+    x2 = (fake - mu2) / math.sqrt(len(fake) - 1)
+    nuclear = torch.linalg.svdvals(x1 @ x2.T).sum()
+    return float(((mu1 - mu2) ** 2).sum() + (x1 ** 2).sum() + (x2 ** 2).sum() - 2 * nuclear)
+
+
 def frechet_distance(real: np.ndarray, fake: np.ndarray) -> float:
     """Fréchet distance between Gaussians fitted to ``real`` [N, d] and ``fake`` [M, d] (float64)."""
     with one_thread():
-        r = _t(real)
+        r, f = _t(real), _t(fake)
+        if len(r) < r.shape[1]:
+            return _gram_frechet(r, f)
         cov1 = torch.cov(r.T)
-        return _frechet(r.mean(0), cov1, _psd_sqrt(cov1), _t(fake))
+        return _frechet(r.mean(0), cov1, _psd_sqrt(cov1), f)
 
 
 def _kernel(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -109,6 +125,7 @@ def bootstrap(
         rows[key] = [np.flatnonzero(idx == i) for i in range(n)]  # generated rows per test prompt
     draws = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
     out = {key: {"fid": np.full(resamples, np.nan), "kid": np.full(resamples, np.nan)} for key in runs}
+    gram = n < real.shape[1]  # fewer test images than dimensions: no d × d eigen-problems
     with one_thread():
         r_all = _t(real)
         k_rr = _kernel(r_all, r_all)
@@ -118,15 +135,17 @@ def bootstrap(
             kernels[key] = (f, _kernel(f, f), _kernel(r_all, f))
         for b, draw in enumerate(draws):
             r = r_all[draw]
-            cov1 = torch.cov(r.T)
-            mu1, sqrt1 = r.mean(0), _psd_sqrt(cov1)
+            if not gram:
+                cov1 = torch.cov(r.T)
+                mu1, sqrt1 = r.mean(0), _psd_sqrt(cov1)
             d = torch.as_tensor(draw)
             krr = k_rr[d][:, d]
             for key, (feats, k_ff, k_rf) in kernels.items():
                 g = torch.as_tensor(np.concatenate([rows[key][i] for i in draw]))
                 if len(g) < 2:
                     continue  # this resample drew no prompt the run sampled twice: left out (NaN)
-                out[key]["fid"][b] = _frechet(mu1, cov1, sqrt1, feats[g])
+                out[key]["fid"][b] = (_gram_frechet(r, feats[g]) if gram
+                                      else _frechet(mu1, cov1, sqrt1, feats[g]))
                 out[key]["kid"][b] = _mmd2(krr, k_ff[g][:, g], k_rf[d][:, g])
     return out
 

@@ -53,7 +53,7 @@ def _summary_frames(col: Collected) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def _index(params: Params, col: Collected, tables: list[str], figures: list[Path]) -> str:
-    from selora.report.tables import GENERATED_NOTE, PAPER_TABLE, STAND_IN
+    from selora.report.tables import GENERATED_NOTE, paper_counterpart
 
     lines = ["# Results index", "", "## Tables", ""]
     for name in tables:
@@ -61,11 +61,12 @@ def _index(params: Params, col: Collected, tables: list[str], figures: list[Path
     lines += ["", "## Paper tables ↔ files", ""]
     for setup in params.experiment.setups:
         s = params.setup(setup)
-        paper = PAPER_TABLE.get((s.dataset, s.size))
-        stand = STAND_IN.get(s.dataset)
-        what = paper or (f"stand-in for {stand[1]}" if stand else "no paper counterpart")
+        cp = paper_counterpart(params, setup)
+        what = (cp.table if cp.exact else f"stand-in for {cp.table}") if cp else "no paper counterpart"
         lines.append(f"- `quality_{setup}.md`: {what} ({s.dataset}, {s.size} px)")
-    if not any(params.setup(s).size == 384 for s in params.experiment.setups):
+    counterparts = [paper_counterpart(params, s) for s in params.experiment.setups]
+    if not any(params.setup(s).size == 384 for s in params.experiment.setups) and not any(
+            cp and cp.table in ("Table 5", "Table 6") for cp in counterparts):
         lines.append("- Tables 5/6 (384 px): no setup of size 384 in `experiment.setups` in this experiment.")
     lines += [
         "- `ablation_threshold.md`: Table 3; `ablation_test_interval.md`: t ablation (reviewers)",
@@ -104,6 +105,21 @@ def to_html(markdown: str, title: str) -> str:
             f"<style>{HTML_STYLE}</style></head>\n<body>\n{body}</body></html>\n")
 
 
+def placeholder_banner(lines: list[str]) -> str:
+    """The warning every table starts with when an input is a generated placeholder (its folder
+    carries selora.assets.marker's file): the numbers below it measure nothing."""
+    if not lines:
+        return ""
+    return "\n".join([
+        "> **⚠ REHEARSAL — THESE NUMBERS ARE MEANINGLESS.** Inputs are generated placeholders "
+        "(`selora rehearsal-assets`), not the paper's models and data:",
+        *(f"> - {line}" for line in lines),
+        "> They show that every rule, subcommand and table runs on the paper's structure; they say "
+        "nothing about the methods.",
+        "", "",
+    ])
+
+
 def build_report(
     params: Params, results: str | Path | None = None, strict: bool = False, figures: bool = True
 ) -> dict[str, Any]:
@@ -138,17 +154,24 @@ def build_report(
         with atomic_dir(results / "figures") as fig_tmp:
             written = [results / "figures" / p.name for p in all_figures(params, col, fig_tmp)]
     runs, agg = _summary_frames(col)
+    from selora.assets.marker import placeholder_inputs
+
+    placeholders = placeholder_inputs(params)
+    banner = placeholder_banner(placeholders)
     with atomic_dir(results / "tables") as tmp:
         docs["index.md"] = _index(params, col, list(docs), written)
         for name, text in docs.items():
+            text = banner + text
             write_text(tmp / name, text)
             write_text(tmp / name.replace(".md", ".html"), to_html(text, name.removesuffix(".md")))
         runs.to_csv(tmp / "summary.csv", index=False)
         agg.to_csv(tmp / "aggregate.csv", index=False)
-        write_json(tmp / "provenance.json", prov.as_dict(results=str(results)))
+        write_json(tmp / "provenance.json",
+                   prov.as_dict(results=str(results), placeholder_inputs=placeholders))
     return {
         "tables": [str(results / "tables" / n) for n in docs if n != "index.md"],
         "figures": [str(p) for p in written],
         "runs": len(col.runs),
         "missing": len(miss),
+        "placeholder_inputs": placeholders,
     }

@@ -22,7 +22,7 @@ import scipy.stats
 from selora.config import Params
 from selora.report.aggregate import cell, mean_std
 from selora.report.collect import Collected
-from selora.report.tables import GENERATED_NOTE, STAND_IN, feature_space_of, hms
+from selora.report.tables import GENERATED_NOTE, feature_space_of, hms, paper_counterpart
 from selora.runlayout import DEFAULT_VARIANT, variant_name
 
 DATASETS = {"IU X-Ray": "iu-xray", "Montgomery CXR": "montgomery", "PatchGastricADC22": "patchgastric"}
@@ -67,16 +67,23 @@ def _method(text: str, params: Params) -> tuple[str, str]:
     )
 
 
-def _our_setup(params: Params, dataset: str, size: int) -> tuple[str | None, bool]:
-    """(setup, same protocol?) for a paper data set and size: exact match, else a stand-in."""
+def _our_setup(params: Params, dataset: str, size: int) -> tuple[str | None, str | None]:
+    """(setup, why it is not comparable or None) for a paper data set and size: the exact match,
+    else the setup standing in for that paper table (another size, or synthetic data)."""
     setups = list(dict.fromkeys([*params.experiment.setups, *params.experiment.ablation.setups]))
+    stand_in = None
     for s in setups:
-        if (params.setup(s).dataset, params.setup(s).size) == (dataset, size):
-            return s, True
-    for s in setups:
-        if STAND_IN.get(params.setup(s).dataset, (None,))[0] == dataset:
-            return s, False
-    return None, False
+        cp = paper_counterpart(params, s)
+        if cp is None or cp.dataset != dataset or cp.size not in (None, size):  # None: synthetic, any size
+            continue
+        if cp.exact:
+            return s, None
+        if stand_in is None:
+            s_cfg = params.setup(s)
+            why = (f"no — {s_cfg.size} px, not {size}" if s_cfg.dataset == dataset
+                   else f"no — stand-in data ({s})")
+            stand_in = (s, why)
+    return stand_in or (None, None)
 
 
 def _fmt(metric: str, x: float) -> str:
@@ -87,11 +94,14 @@ def _fmt(metric: str, x: float) -> str:
 
 def comparison(params: Params, col: Collected) -> pd.DataFrame:
     """One row per published number with ours beside it (mean, std, n) and whether it compares."""
+    from selora.assets.marker import placeholder_inputs
+
+    placeholders = placeholder_inputs(params)
     rows = []
     for r in published().itertuples(index=False):
         metric = METRICS[r.metric]
         dataset = DATASETS[r.dataset]
-        setup, exact = _our_setup(params, dataset, int(r.resolution))
+        setup, not_exact = _our_setup(params, dataset, int(r.resolution))
         method, variant = _method(r.method, params)
         seeds = (
             params.experiment.ablation.seeds
@@ -112,8 +122,10 @@ def comparison(params: Params, col: Collected) -> pd.DataFrame:
             mean, std, n = mean_std(vals)
             mean, std = mean * metric.to_paper_unit, std * metric.to_paper_unit
             space = feature_space_of(col, setup, params).get("name")
-            if not exact:
-                reason = f"no — stand-in data ({setup})"
+            if not_exact:
+                reason = not_exact
+            elif placeholders:
+                reason = "no — placeholder inputs (random weights)"
             elif metric.fid and space != "inception":
                 reason = f"no — {space or 'unknown'} feature space, not Inception"
             elif params.base_model.name == "tiny":

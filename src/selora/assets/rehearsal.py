@@ -1,0 +1,118 @@
+"""Every ingredient of the paper path, built offline into one folder (``selora rehearsal-assets``).
+
+    <out>/sd15/                 SD 1.5 architecture, random weights, CLIP's tokenizer (base_model.name)
+    <out>/inception/            FID Inception-v3 state dict, random weights (evaluate.inception_weights)
+    <out>/clip/                 small random CLIP with the real tokenizer (evaluate.clip_model)
+    <out>/raw/iu-xray/          NLM layout: the first real report XMLs, view tables, placeholder PNGs
+    <out>/raw/montgomery/       MontgomerySet/ (CXR_png, ClinicalReadings), generated
+    <out>/raw/patchgastric/     captions.csv + patches/, generated
+
+Only ``pip download`` (of two wheels, into the wheel cache) touches the network. Each folder is
+written atomically with a marker (:mod:`selora.assets.marker`) holding its spec; a rerun rebuilds
+only what is missing or was built from another spec, so a second run changes nothing and Snakemake,
+which sees these folders as inputs, reruns nothing.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from selora.assets.marker import is_current, write_marker
+from selora.io import atomic_dir, file_sha256
+
+LAYOUT_VERSION = 1
+IU_REPORTS = 16  # the first real reports: 15 kept by prepare's protocol (frontal image, text)
+IMAGE_SIZE = 64  # placeholder pixels; prepare resizes to each setup's size
+MONTGOMERY = {"n_normal": 8, "n_tb": 4}
+PATCHGASTRIC = {"slides": 4, "patches": 4}
+
+
+@dataclass
+class Built:
+    name: str
+    path: Path
+    built: bool
+    seconds: float
+
+
+def _layout_spec(name: str, **extra: object) -> dict:
+    return {"builder": f"selora.assets.layouts.{name}", "version": LAYOUT_VERSION, **extra}
+
+
+def write_montgomery_raw(out: Path) -> bool:
+    from selora.assets.layouts import write_montgomery
+
+    spec = _layout_spec("montgomery", **MONTGOMERY)
+    if is_current(out, spec):
+        return False
+    with atomic_dir(out, durable=False) as tmp:
+        exp = write_montgomery(tmp, **MONTGOMERY)
+        write_marker(tmp, "Montgomery County CXR layout with noise images and invented readings", spec,
+                     records=len(exp.kept), skipped=len(exp.skipped))
+    return True
+
+
+def write_patchgastric_raw(out: Path) -> bool:
+    from selora.assets.layouts import write_patchgastric
+
+    spec = _layout_spec("patchgastric", **PATCHGASTRIC)
+    if is_current(out, spec):
+        return False
+    with atomic_dir(out, durable=False) as tmp:
+        exp = write_patchgastric(tmp, **PATCHGASTRIC)
+        write_marker(tmp, "PatchGastricADC22 layout with noise patches and invented captions", spec,
+                     records=len(exp.extra["captions"]), skipped=len(exp.skipped))
+    return True
+
+
+def write_iu_xray_raw(out: Path, reports_tgz: Path, dicom_csv_gz: Path, tsne_csv_gz: Path,
+                      n_reports: int = IU_REPORTS) -> bool:
+    """The NLM tree of the first ``n_reports`` real reports with both real view tables (DICOM
+    headers; torchxrayvision's t-SNE PA/L table, which params-paper.yaml uses); pixels are not real."""
+    from selora.assets.layouts import first_reports_tgz
+    from selora.assets.nlm import write_nlm_tree
+
+    spec = _layout_spec("iu-xray-nlm", n_reports=n_reports, size=IMAGE_SIZE,
+                        reports_sha256=file_sha256(reports_tgz), views_sha256=file_sha256(dicom_csv_gz),
+                        tsne_sha256=file_sha256(tsne_csv_gz))
+    if is_current(out, spec):
+        return False
+    with tempfile.TemporaryDirectory(prefix="selora-nlm-") as tmp:
+        subset = first_reports_tgz(reports_tgz, Path(tmp) / "reports.tgz", n_reports)
+        info = write_nlm_tree(out, subset, dicom_csv_gz, size=IMAGE_SIZE, tsne_csv_gz=tsne_csv_gz)
+    # Written last: a tree without it (killed between the two writes) is rebuilt.
+    write_marker(out, f"IU X-Ray NLM layout: the first {n_reports} real reports, placeholder images",
+                 spec, reports=info["reports"], images=info["images"])
+    return True
+
+
+def build(out: Path, cache: Path | None = None, say: Callable[[str], None] = print) -> list[Built]:
+    """Build (or keep) every ingredient under ``out``; returns what was built and how long it took."""
+    from selora.assets.cliptok import clip_bpe
+    from selora.assets.metric_weights import write_fid_inception, write_small_clip
+    from selora.assets.nlm import nlm_sources, nlm_tsne_views
+    from selora.assets.sd15_base import write_sd15_base
+
+    out = Path(out)
+    bpe = clip_bpe(cache)
+    reports, views = nlm_sources(cache)
+    tsne = nlm_tsne_views(cache)
+    steps: list[tuple[str, Path, Callable[[Path], bool]]] = [
+        ("sd15", out / "sd15", lambda p: write_sd15_base(p, bpe)),
+        ("inception", out / "inception", write_fid_inception),
+        ("clip", out / "clip", lambda p: write_small_clip(p, bpe)),
+        ("raw/iu-xray", out / "raw" / "iu-xray", lambda p: write_iu_xray_raw(p, reports, views, tsne)),
+        ("raw/montgomery", out / "raw" / "montgomery", write_montgomery_raw),
+        ("raw/patchgastric", out / "raw" / "patchgastric", write_patchgastric_raw),
+    ]
+    done = []
+    for name, path, write in steps:
+        t = time.perf_counter()
+        built = write(path)
+        done.append(Built(name, path, built, time.perf_counter() - t))
+        say(f"{name:18s} {'built' if built else 'up to date':10s} {done[-1].seconds:6.1f} s  {path}")
+    return done
