@@ -196,7 +196,7 @@ def test_dvc_experiments(tmp_path):
         rows = list(csv.DictReader(io.StringIO(run("dvc exp show --csv", clone).stdout)))
         return list(rows[0]), rows
 
-    header, rows = table()
+    _, rows = table()
     lam = "params.yaml:methods.selora.threshold"  # params-paper.yaml has one too
     exp_rows = [r for r in rows if r["Experiment"]]
     assert [r[lam] for r in exp_rows] == ["1.3"], rows
@@ -216,6 +216,6 @@ def test_dvc_experiments(tmp_path):
         time.sleep(10)
     assert "Success" in status, status + run("dvc queue logs $(dvc queue status | awk 'NR==2{print $1}')",
                                             clone).stdout[-3000:]
-    header, rows = table()
+    _, rows = table()
     assert {"1.3", "1.2"} <= {r[lam] for r in rows if r["Experiment"]}
     shutil.rmtree(clone, ignore_errors=True)
