@@ -108,3 +108,29 @@ def test_split_helpers_are_exact_deterministic_and_group_safe():
         by_group.setdefault(grp, set()).add(s)
     assert all(len(s) == 1 for s in by_group.values())
     assert abs(g.count("train") / 400 - 0.7) < 0.1
+
+
+def test_natural_set_holds_its_share_of_generic_radiographs_with_one_label_schema(tmp_path):
+    """SD 1.5 saw radiographs among its web images; the miniature's natural set holds
+    ``radiographs`` of them, captioned as radiographs but never with a finding, so the base model
+    knows what a chest x-ray looks like but not which report words go with which finding."""
+    import datasets
+
+    from selora.synthetic import is_radiograph
+    from selora.synthetic.cxr import RADIOGRAPH_CAPTIONS
+
+    assert sum(is_radiograph(i, 0.15) for i in range(4000)) == 600
+    assert not any(is_radiograph(i, 0.0) for i in range(100))
+    p = load_params(None, ["synthetic.natural.n_images=40", "synthetic.natural.radiographs=0.25"])
+    make_natural(p.synthetic.natural, tmp_path / "n", seed=0, progress=False)
+    rows = read_manifest(tmp_path / "n")
+    radiographs = [r for r in rows if r["labels"]["kind"] == "radiograph"]
+    assert len(radiographs) == 10
+    assert {r["text"] for r in radiographs} <= set(RADIOGRAPH_CAPTIONS)
+    for r in radiographs:
+        rgb = np.asarray(Image.open(r["path"]), dtype=np.int16)
+        assert np.abs(rgb[..., 0] - rgb[..., 2]).max() == 0  # grayscale, stored as RGB like the rest
+    scenes = [r for r in rows if r["labels"]["kind"] == "scene"]
+    assert all(" on a " in r["text"] and r["labels"]["shape"] != "none" for r in scenes)
+    ds = datasets.load_dataset("imagefolder", data_dir=str(tmp_path / "n"))
+    assert sum(len(ds[s]) for s in ds) == 40

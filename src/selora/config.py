@@ -89,16 +89,21 @@ class BaseModelConfig:
 
 
 @dataclass(frozen=True)
-class NaturalConfig:
+class ImageSetConfig:
     n_images: int
     size: int
     splits: Splits
 
 
 @dataclass(frozen=True)
+class NaturalConfig(ImageSetConfig):
+    radiographs: float
+
+
+@dataclass(frozen=True)
 class SyntheticConfig:
     natural: NaturalConfig
-    cxr: NaturalConfig
+    cxr: ImageSetConfig
 
 
 @dataclass(frozen=True)

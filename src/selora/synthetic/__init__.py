@@ -12,31 +12,47 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from selora.config import NaturalConfig
+from selora.config import ImageSetConfig, NaturalConfig
 from selora.imagefolder import image_folder
 from selora.splits import assign_splits
-from selora.synthetic.cxr import render_cxr, sample_findings, write_report
-from selora.synthetic.natural import render_scene
+from selora.synthetic.cxr import RADIOGRAPH_CAPTIONS, render_cxr, sample_findings, write_report
+from selora.synthetic.natural import SCENE_LABELS, render_scene
 
-_SET_IDS = {"natural": 1, "cxr": 2}
+_SET_IDS = {"natural": 1, "cxr": 2, "radiograph": 4}  # 3: the caption probe's scenes
 
 
 def _rng(seed: int, which: str, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, _SET_IDS[which], index])
 
 
+def is_radiograph(index: int, share: float) -> bool:
+    """Whether item ``index`` of the natural set is a radiograph: spread evenly, ``share`` of all."""
+    return int((index + 1) * share) > int(index * share)
+
+
 def make_natural(cfg: NaturalConfig, out: str | Path, seed: int, progress: bool = True) -> dict[str, int]:
-    """Write the captioned scenes the miniature is pre-trained on; returns counts per split."""
+    """Write the captioned scenes (and the generic radiographs, ``cfg.radiographs`` of them) the
+    miniature is pre-trained on; returns counts per split."""
     splits = assign_splits(cfg.n_images, cfg.splits.as_dict(), seed)
     with image_folder(out) as writer:
         for i in tqdm(range(cfg.n_images), desc="natural scenes", disable=not progress):
-            image, caption, labels = render_scene(_rng(seed, "natural", i), cfg.size)
-            writer.add(image, split=splits[i], text=caption, source_id=f"natural-{i:06d}",
-                       labels=labels, stem=f"{i:06d}")
+            if is_radiograph(i, cfg.radiographs):
+                rng = _rng(seed, "radiograph", i)
+                image = render_cxr(sample_findings(rng), rng, cfg.size)
+                caption = RADIOGRAPH_CAPTIONS[rng.integers(len(RADIOGRAPH_CAPTIONS))]
+                # The same label keys as a scene's (one schema for Hugging Face's imagefolder).
+                labels = {"kind": "radiograph", **dict.fromkeys(SCENE_LABELS, "none")}
+                source = f"radiograph-{i:06d}"
+            else:
+                image, caption, labels = render_scene(_rng(seed, "natural", i), cfg.size)
+                labels = {"kind": "scene", **labels}
+                source = f"natural-{i:06d}"
+            writer.add(image, split=splits[i], text=caption, source_id=source, labels=labels,
+                       stem=f"{i:06d}")
         return writer.counts()
 
 
-def make_cxr(cfg: NaturalConfig, out: str | Path, seed: int, progress: bool = True) -> dict[str, int]:
+def make_cxr(cfg: ImageSetConfig, out: str | Path, seed: int, progress: bool = True) -> dict[str, int]:
     """Write the synthetic chest-radiograph set with its findings labels; returns counts per split."""
     splits = assign_splits(cfg.n_images, cfg.splits.as_dict(), seed)
     with image_folder(out) as writer:

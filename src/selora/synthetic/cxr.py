@@ -40,6 +40,11 @@ PRIORS: dict[str, tuple[float, ...]] = {
     "device": (0.8, 0.2),
 }
 
+# Captions of the generic radiographs in the natural set (selora.synthetic.make_natural): they say
+# what the image is, never what it shows.
+RADIOGRAPH_CAPTIONS = ("a chest x-ray", "a frontal chest radiograph", "an x-ray image of the chest",
+                       "a black and white chest x-ray")
+
 # Lung fields in image coordinates (x to the right, y down, both in [0, 1]).
 LUNG = {"right": (0.31, 0.45, 0.15, 0.30), "left": (0.69, 0.45, 0.14, 0.29)}
 SS = 4  # render at SS × size, then box-downsample

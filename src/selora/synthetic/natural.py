@@ -47,6 +47,7 @@ POSITIONS: dict[str, tuple[float, float]] = {
     "right": (0.78, 0.5),
 }
 SIZES = {"small": 0.12, "large": 0.24}
+SCENE_LABELS = ("shape", "colour", "size", "position")  # of a scene's first object
 PREPOSITION = {"upper left": "in the", "upper right": "in the", "lower left": "in the",
                "lower right": "in the", "center": "in the", "top": "at the", "bottom": "at the",
                "left": "on the", "right": "on the"}
