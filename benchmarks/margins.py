@@ -52,6 +52,8 @@ def measure(seed: int, threads: int, small: list[str], folder: Path) -> dict[str
     pipe.set_progress_bar_config(disable=True)
     return {
         "vae_psnr_db": report["vae_psnr_db"],
+        "vae_psnr_db_cxr": report["vae_psnr_db_cxr"],
+        "vae_colour_cast_cxr": report["vae_colour_cast_cxr"],
         "caption_loss_ratio": report["matched_caption_loss"] / report["shuffled_caption_loss"],
         "background_read": report["caption_probe"]["background"],
         "colour_read": report["caption_probe"]["colour"],  # reported, not bounded
@@ -72,6 +74,8 @@ def main() -> None:
     bounds_module = _load("selora_test_tinysd", ROOT / "tests" / "test_tinysd.py")
     bounds = {  # name: (bound, "min" | "max")
         "vae_psnr_db": (bounds_module.MIN_VAE_PSNR_DB, "min"),
+        "vae_psnr_db_cxr": (bounds_module.MIN_VAE_PSNR_DB_CXR, "min"),
+        "vae_colour_cast_cxr": (bounds_module.MAX_VAE_COLOUR_CAST_CXR, "max"),
         "caption_loss_ratio": (bounds_module.MAX_CAPTION_LOSS_RATIO, "max"),
         "background_read": (bounds_module.MIN_BACKGROUND_READ, "min"),
         "background_gap": (bounds_module.MIN_BACKGROUND_GAP, "min"),

@@ -24,8 +24,10 @@ def run(args: argparse.Namespace) -> int:
     params = load_params_from_args(args)
     out = args.out or str(tiny_path(params))
     report = pretrain_base(params, args.data, args.reports or None, out, progress=not args.quiet)
-    cxr = (f" (CXR phantoms {report['vae_psnr_db_cxr']:.1f} dB, colour cast {report['vae_colour_cast_cxr']:.3f})"
-           if "vae_psnr_db_cxr" in report else "")
+    cxr = ""
+    if "vae_psnr_db_cxr" in report:
+        cxr = (f" (CXR phantoms {report['vae_psnr_db_cxr']:.1f} dB, "
+               f"colour cast {report['vae_colour_cast_cxr']:.3f})")
     print(f"tiny Stable Diffusion → {out}: VAE PSNR {report['vae_psnr_db']:.1f} dB{cxr}, "
           f"loss matched/shuffled captions {report['matched_caption_loss']:.4f}/"
           f"{report['shuffled_caption_loss']:.4f}, colour probe {report['colour_probe_accuracy']:.0%}, "
