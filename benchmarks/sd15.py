@@ -461,16 +461,29 @@ def engine_setup(
 
 @contextmanager
 def patched_base(make_pipe: Callable[[], Any]) -> Iterator[None]:
-    """``selora train`` / ``sample`` load their base through ``load_pipeline``; point it at SD 1.5."""
+    """``selora train`` / ``sample`` load their base through ``load_pipeline``; point it at SD 1.5.
+
+    Their run identity names the base model by its files (``base_model_identity``); the in-memory
+    SD 1.5 has none, so it is named by a constant instead of the params' ``base_model`` (which would
+    demand a pre-trained miniature on disk). Hashing an on-disk base reads 64 sampled blocks per
+    file: a fixed cost per call that this benchmark then leaves out.
+    """
     import selora.engine.sample as sample_mod
     import selora.engine.train as train_mod
+    import selora.runlayout as layout_mod
 
-    saved = train_mod.load_pipeline, sample_mod.load_pipeline
+    def identity(params: Any) -> dict[str, Any]:
+        return {"name": "sd15-random-in-memory"}
+
+    saved = (train_mod.load_pipeline, sample_mod.load_pipeline, layout_mod.base_model_identity,
+             sample_mod.base_model_identity)
     train_mod.load_pipeline = sample_mod.load_pipeline = lambda params, torch_dtype=None: make_pipe()
+    layout_mod.base_model_identity = sample_mod.base_model_identity = identity
     try:
         yield
     finally:
-        train_mod.load_pipeline, sample_mod.load_pipeline = saved
+        (train_mod.load_pipeline, sample_mod.load_pipeline, layout_mod.base_model_identity,
+         sample_mod.base_model_identity) = saved
 
 
 def engine_run(params: Any, run: Any, data: Path, out: Path) -> float:

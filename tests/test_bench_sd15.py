@@ -151,3 +151,19 @@ def test_the_benchmark_writes_its_keys(tmp_path, one_torch_thread):
     assert set(res["selora_test_step_extra_mb_at_paper_scale"]) == set(bench.PAPER_SETTINGS)
     assert res["adapted_layers"] == sd15.N_LINEAR
     assert res["provenance"]["command"] == "benchmarks/sd15.py"
+
+
+def test_engine_and_sampling_run_on_a_fresh_clone_without_the_miniature(tmp_path, monkeypatch,
+                                                                      one_torch_thread):
+    """`selora train` / `selora sample` run on the in-memory SD 1.5 with no `models/` folder: their
+    run identity once named the params' base model (the miniature) and failed where `make repro`
+    had not run, i.e. `make bench` on a fresh clone."""
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "sd15.json"
+    bench.main(["--tiny", "--params", str(root / "params.yaml"), "--out", str(out), "--rounds", "1",
+                "--pairs", "1", "--latent", "8", "--skip", "inception"])
+    res = json.loads(out.read_text())
+    assert math.isfinite(res["engine_vs_diffusers_loop"]) and res["engine_vs_diffusers_loop"] > 0
+    assert math.isfinite(res["sample_vs_pipeline_call"]) and res["sample_vs_pipeline_call"] > 0
+    assert not (tmp_path / "models").exists()
