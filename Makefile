@@ -6,13 +6,14 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CORES ?= 2
 
-.PHONY: test test-slow repro rehearse lint bench clean-results help
+.PHONY: test test-slow repro rehearse rehearse-ci lint bench clean-results help
 
 help:
 	@echo "make test   - create .venv if missing, install the pinned environment, run the test suite"
 	@echo "make repro  - create .venv if missing, run the whole pipeline on the embedded default"
 	@echo "make rehearse - the paper path (all setups, methods, ablations, tables) offline on the CPU:"
 	@echo "                random-weight SD 1.5 and placeholder data, numbers meaningless (~15 min)"
+	@echo "make rehearse-ci - the same, one setup per data-set layout (~9 min)"
 	@echo "make lint   - ruff + snakemake --lint"
 	@echo "make bench  - the benchmarks in benchmarks/ (writes results/benchmarks/*.json)"
 
@@ -36,13 +37,17 @@ repro: $(STAMP)
 
 # The paper's params with the rehearsal overlay (.test/config-rehearsal.yaml), through the same
 # Snakefile, rules and subcommands; the ingredients come from `selora rehearsal-assets`. A second
-# run builds nothing and runs no job.
+# run builds nothing and runs no job. rehearse-ci adds .test/config-rehearsal-ci.yaml (one setup per
+# data-set layout).
 REHEARSAL_CONFIG := --configfile params-paper.yaml .test/config-rehearsal.yaml
-rehearse: $(STAMP)
+rehearse: REHEARSAL_OUT := results-rehearsal
+rehearse-ci: REHEARSAL_CONFIG += .test/config-rehearsal-ci.yaml
+rehearse-ci: REHEARSAL_OUT := results-rehearsal-ci
+rehearse rehearse-ci: $(STAMP)
 	@start=$$(date +%s); \
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/selora rehearsal-assets --out rehearsal-assets && \
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --cores $(CORES) -p --rerun-incomplete $(REHEARSAL_CONFIG) && \
-	echo "rehearse: done in $$(( $$(date +%s) - start )) s on $(CORES) cores; tables in results-rehearsal/tables"
+	echo "$@: done in $$(( $$(date +%s) - start )) s on $(CORES) cores; tables in $(REHEARSAL_OUT)/tables"
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -15,12 +15,18 @@ from selora.errors import DatasetFormatError
 from selora.imagefolder import read_manifest
 
 SPLITS_224 = {"train": 0.8, "validation": 0.16, "test": 0.04}
+SPLITS_384 = {"train": 0.7, "validation": 0.1, "test": 0.2}
 
 
 def _prepare(raw: Path, out: Path, **kw):
     opts = PrepareOptions(dataset="iu-xray", raw=raw, out=out, size=16, seed=0,
                           splits=kw.pop("splits", SPLITS_224), **kw)
     return prepare(opts)[0]
+
+
+def _entries(root: Path) -> list[dict]:
+    """The manifest without the absolute paths (which name the output folder)."""
+    return [{k: v for k, v in r.items() if k != "path"} for r in read_manifest(root)]
 
 
 def _skips(report) -> dict[str, str]:
@@ -170,3 +176,59 @@ def test_cli_takes_raw_and_view_table_from_params_and_the_384_split(tmp_path, ca
     rows = read_manifest(tmp_path / "out")
     assert [sum(r["split"] == s for r in rows) for s in ("train", "validation", "test")] == [21, 3, 6]
     assert all(r["image_id"] == exp.extra["frontal"][r["source_id"]] for r in rows)
+
+
+def test_record_cap_uses_a_seeded_subset_and_reports_every_parsed_records_prompts(tmp_path, capsys):
+    """`max_records`: read every report, train on a few. The subset is drawn in a seeded random order
+    (not the first ids), counted in records (used + skipped while decoding + left out = parsed), and
+    the report keeps the prompt lengths of every parsed record, as an uncapped run gives them."""
+    exp = write_iu(tmp_path / "raw", "nlm", quirks=False)
+    views = exp.extra["views"]
+    full = _prepare(tmp_path / "raw", tmp_path / "full", views=views)
+    capped = _prepare(tmp_path / "raw", tmp_path / "a", views=views, max_records=10, splits=SPLITS_384)
+    rows = read_manifest(tmp_path / "a")
+    assert len(rows) == 10 and sum(capped["counts"].values()) == 10
+    assert all(exp.kept[r["source_id"]] == r["text"] for r in rows)
+    ids = sorted(int(r["source_id"].removeprefix("CXR")) for r in rows)
+    assert ids != list(range(1, 11)), "the cap must not keep just the first reports"
+    cap = capped["record_cap"]
+    assert (cap["max_records"], cap["parsed_records"], cap["used"]) == (10, 30, 10)
+    assert cap["used"] + cap["skipped_while_decoding"] + cap["left_out"] == cap["parsed_records"]
+    assert cap["prompt_words"] == full["prompt_words"]["all"]  # every parsed record's, not the 10
+    assert capped["prompt_words"]["all"]["n"] == 10
+    md = (tmp_path / "a" / "data_report.md").read_text()
+    assert "record cap (max_records 10): 10 of 30 parsed records used" in md
+    assert "every parsed record (before the cap)" in md
+    # Deterministic: the same seed draws the same subset, another seed another one.
+    _prepare(tmp_path / "raw", tmp_path / "b", views=views, max_records=10, splits=SPLITS_384)
+    assert _entries(tmp_path / "b") == _entries(tmp_path / "a")
+    other = PrepareOptions(dataset="iu-xray", raw=tmp_path / "raw", out=tmp_path / "c", size=16, seed=1,
+                           splits=SPLITS_384, views=views, max_records=10)
+    prepare(other)
+    assert {r["source_id"] for r in read_manifest(tmp_path / "c")} != {r["source_id"] for r in rows}
+    # A cap at or above the record count changes nothing but the recorded option.
+    _prepare(tmp_path / "raw", tmp_path / "d", views=views, max_records=30)
+    assert _entries(tmp_path / "d") == _entries(tmp_path / "full")
+    assert "record_cap" not in json.loads((tmp_path / "d" / "data_report.json").read_text())
+
+
+def test_record_cap_from_the_setup_or_the_flag_and_a_clear_error_for_patchgastric(tmp_path, capsys):
+    from selora.cli import main
+
+    exp = write_iu(tmp_path / "raw", "nlm", quirks=False)
+    base = ["prepare", "--setup", "iu-xray-384", "--params", "params-paper.yaml", "--quiet",
+            "--set", f"datasets.iu-xray.raw={tmp_path / 'raw'}",
+            "--set", f"datasets.iu-xray.views={exp.extra['views']}",
+            "--tokenizer", str(tmp_path / "none")]
+    assert main([*base, "--out", str(tmp_path / "a"), "--set", "setups.iu-xray-384.max_records=12"]) == 0
+    assert len(read_manifest(tmp_path / "a")) == 12
+    out = capsys.readouterr().out
+    assert "record cap: 12 of 30 parsed records used (max_records 12)" in out
+    assert main([*base, "--out", str(tmp_path / "b"), "--set", "setups.iu-xray-384.max_records=12",
+                 "--max-records", "7"]) == 0  # the flag wins
+    assert len(read_manifest(tmp_path / "b")) == 7
+    capsys.readouterr()
+    code = main(["prepare", "--dataset", "patchgastric", "--raw", str(tmp_path / "raw"), "--max-records", "3",
+                 "--out", str(tmp_path / "pg"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code != 0 and "pairs_per_subtype" in err and "Traceback" not in err

@@ -47,6 +47,8 @@ README_COMMANDS = {
         "needs SLURM: test_workflow.py::test_dry_run_of_the_paper_grid runs it with --dry-run",
     "make rehearse": "test_rehearsal.py::test_make_rehearse_runs_the_paper_grid_into_every_table_then_does_"
                      "nothing (slow: ≈ 15 min on 2 cores; the same `make rehearse`, with the test's venv)",
+    "make rehearse-ci": "test_rehearsal.py::test_make_rehearse_runs_the_paper_grid_into_every_table_then_"
+                        "does_nothing[reduced] (slow: ≈ 9 min on 2 cores; the same `make rehearse-ci`)",
     "snakemake -n --profile slurm --configfile params-paper.yaml .test/config-rehearsal.yaml":
         "test_rehearsal.py::test_slurm_dry_run_with_the_overlay_lists_the_full_grid runs it verbatim",
     "dvc repro paper/dvc.yaml": "needs the paper's data and a GPU: this test runs `dvc dag paper/dvc.yaml` "

@@ -151,6 +151,7 @@ class Setup:
     batch_size: int
     epochs: int
     max_steps: int | None
+    max_records: int | None
 
 
 @dataclass(frozen=True)

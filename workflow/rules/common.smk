@@ -56,9 +56,21 @@ def job_hash(rule):
     return lambda wildcards: dag.job_hash(rule, config, dict(wildcards.items()))
 
 
+def local_folders(*names):
+    """The names that are folders here (a local SD 1.5, `selora rehearsal-assets`' random weights):
+    inputs, so that rebuilding one reruns what used it. A hub id is not tracked: pin
+    base_model.revision instead."""
+    return [n for n in names if n and Path(n).expanduser().exists()]
+
+
 def base_model_input():
-    """The pre-trained miniature when base_model.name is 'tiny'; nothing for SD 1.5 and friends."""
-    return [f"{MODELS}/tiny-sd"] if P.base_model.name == "tiny" else []
+    """The pre-trained miniature when base_model.name is 'tiny', else the base model's folder."""
+    return [f"{MODELS}/tiny-sd"] if P.base_model.name == "tiny" else local_folders(P.base_model.name)
+
+
+def metric_input():
+    """The metric networks' local weights (FID Inception file or folder, CLIP folder), if any."""
+    return local_folders(P.evaluate.inception_weights, P.evaluate.clip_model)
 
 
 def raw_input(wildcards):

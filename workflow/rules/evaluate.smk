@@ -7,6 +7,7 @@
 rule fit_reference:
     input:
         data=f"{DATA}/prepared/{{setup}}",
+        metrics=metric_input(),
     output:
         directory(f"{RESULTS}/reference/{{setup}}"),
     params:
@@ -32,6 +33,7 @@ rule evaluate:
     input:
         samples=f"{RUN}/samples",
         reference=f"{RESULTS}/reference/{{setup}}",
+        metrics=metric_input(),
     output:
         metrics=f"{RUN}/metrics.json",
         features=f"{RUN}/features.safetensors",
@@ -59,6 +61,7 @@ use rule evaluate as evaluate_no_adapter with:
     input:
         samples=f"{NO_ADAPTER_RUN}/samples",
         reference=f"{RESULTS}/reference/{{setup}}",
+        metrics=metric_input(),
     output:
         metrics=f"{NO_ADAPTER_RUN}/metrics.json",
         features=f"{NO_ADAPTER_RUN}/features.safetensors",

@@ -1,5 +1,5 @@
 """Raw data sets in their official layouts, generated: Montgomery County CXR and PatchGastricADC22
-with noise images and invented texts, and the NLM IU X-Ray tree cut down to its first reports.
+with noise images and invented texts (the NLM IU X-Ray tree is :mod:`selora.assets.nlm`).
 
 The same writers serve the tests (tests/raw_fixtures.py) and ``selora rehearsal-assets``, so the
 rehearsal meets exactly the layouts, and the quirks of the real files, the tests check. No patient
@@ -11,10 +11,8 @@ records with their reasons).
 from __future__ import annotations
 
 import csv
-import gzip
 import hashlib
 import io
-import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -158,27 +156,3 @@ def write_patchgastric(root: Path, slides: int = 4, patches: int = 8, quirks: bo
         exp.skipped[f"{orphan}.jpg"] = "slide id not in captions.csv"
     (root / "captions.csv").write_bytes(raw)
     return exp
-
-
-# ----------------------------------------------------------------------------- IU X-Ray (NLM)
-def first_reports_tgz(reports_tgz: Path, dest: Path, n: int) -> Path:
-    """A copy of ``NLMCXR_reports.tgz`` holding only its first ``n`` report XMLs (by report number),
-    written reproducibly (fixed member order, times and gzip header), for a small real-text tree."""
-    with tarfile.open(reports_tgz, "r:gz") as tar:
-        members = [m for m in tar if m.isfile() and m.name.endswith(".xml")]
-
-        def number(m: tarfile.TarInfo) -> tuple[int, str]:
-            stem = Path(m.name).stem
-            return (int(stem) if stem.isdigit() else 1 << 30, m.name)
-
-        chosen = sorted(members, key=number)[:n]
-        data = [(m, tar.extractfile(m).read()) for m in chosen]  # type: ignore[union-attr]
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as out:
-        for m, payload in data:
-            info = tarfile.TarInfo(m.name)
-            info.size, info.mtime, info.mode = len(payload), 0, 0o644
-            out.addfile(info, io.BytesIO(payload))
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_bytes(gzip.compress(buf.getvalue(), mtime=0))
-    return dest

@@ -3,7 +3,7 @@
     <out>/sd15/                 SD 1.5 architecture, random weights, CLIP's tokenizer (base_model.name)
     <out>/inception/            FID Inception-v3 state dict, random weights (evaluate.inception_weights)
     <out>/clip/                 small random CLIP with the real tokenizer (evaluate.clip_model)
-    <out>/raw/iu-xray/          NLM layout: the first real report XMLs, view tables, placeholder PNGs
+    <out>/raw/iu-xray/          NLM layout: every real report XML, view tables, placeholder PNGs
     <out>/raw/montgomery/       MontgomerySet/ (CXR_png, ClinicalReadings), generated
     <out>/raw/patchgastric/     captions.csv + patches/, generated
 
@@ -15,17 +15,16 @@ which sees these folders as inputs, reruns nothing.
 
 from __future__ import annotations
 
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from selora.assets.marker import is_current, write_marker
 from selora.io import atomic_dir, file_sha256
 
 LAYOUT_VERSION = 1
-IU_REPORTS = 16  # the first real reports: 15 kept by prepare's protocol (frontal image, text)
 IMAGE_SIZE = 64  # placeholder pixels; prepare resizes to each setup's size
 MONTGOMERY = {"n_normal": 8, "n_tb": 4}
 PATCHGASTRIC = {"slides": 4, "patches": 4}
@@ -43,49 +42,44 @@ def _layout_spec(name: str, **extra: object) -> dict:
     return {"builder": f"selora.assets.layouts.{name}", "version": LAYOUT_VERSION, **extra}
 
 
-def write_montgomery_raw(out: Path) -> bool:
-    from selora.assets.layouts import write_montgomery
+def _write_generated(out: Path, name: str, what: str, records: Callable[[Any], int],
+                     **sizes: int) -> bool:
+    """A generated layout (``selora.assets.layouts.write_<name>``) with its marker; False: current."""
+    from selora.assets import layouts
 
-    spec = _layout_spec("montgomery", **MONTGOMERY)
+    spec = _layout_spec(name, **sizes)
     if is_current(out, spec):
         return False
     with atomic_dir(out, durable=False) as tmp:
-        exp = write_montgomery(tmp, **MONTGOMERY)
-        write_marker(tmp, "Montgomery County CXR layout with noise images and invented readings", spec,
-                     records=len(exp.kept), skipped=len(exp.skipped))
+        exp = getattr(layouts, f"write_{name}")(tmp, **sizes)
+        write_marker(tmp, what, spec, records=records(exp), skipped=len(exp.skipped))
     return True
+
+
+def write_montgomery_raw(out: Path) -> bool:
+    return _write_generated(out, "montgomery", "Montgomery County CXR layout with noise images and "
+                            "invented readings", lambda exp: len(exp.kept), **MONTGOMERY)
 
 
 def write_patchgastric_raw(out: Path) -> bool:
-    from selora.assets.layouts import write_patchgastric
-
-    spec = _layout_spec("patchgastric", **PATCHGASTRIC)
-    if is_current(out, spec):
-        return False
-    with atomic_dir(out, durable=False) as tmp:
-        exp = write_patchgastric(tmp, **PATCHGASTRIC)
-        write_marker(tmp, "PatchGastricADC22 layout with noise patches and invented captions", spec,
-                     records=len(exp.extra["captions"]), skipped=len(exp.skipped))
-    return True
+    return _write_generated(out, "patchgastric", "PatchGastricADC22 layout with noise patches and "
+                            "invented captions", lambda exp: len(exp.extra["captions"]), **PATCHGASTRIC)
 
 
-def write_iu_xray_raw(out: Path, reports_tgz: Path, dicom_csv_gz: Path, tsne_csv_gz: Path,
-                      n_reports: int = IU_REPORTS) -> bool:
-    """The NLM tree of the first ``n_reports`` real reports with both real view tables (DICOM
-    headers; torchxrayvision's t-SNE PA/L table, which params-paper.yaml uses); pixels are not real."""
-    from selora.assets.layouts import first_reports_tgz
+def write_iu_xray_raw(out: Path, reports_tgz: Path, dicom_csv_gz: Path, tsne_csv_gz: Path) -> bool:
+    """The NLM tree of every real report (3,955) with both real view tables (DICOM headers;
+    torchxrayvision's t-SNE PA/L table, which params-paper.yaml uses); pixels are not real. The
+    rehearsal trains on a few (``setups.<name>.max_records``); its data report reads them all."""
     from selora.assets.nlm import write_nlm_tree
 
-    spec = _layout_spec("iu-xray-nlm", n_reports=n_reports, size=IMAGE_SIZE,
+    spec = _layout_spec("iu-xray-nlm", reports="all", size=IMAGE_SIZE,
                         reports_sha256=file_sha256(reports_tgz), views_sha256=file_sha256(dicom_csv_gz),
                         tsne_sha256=file_sha256(tsne_csv_gz))
     if is_current(out, spec):
         return False
-    with tempfile.TemporaryDirectory(prefix="selora-nlm-") as tmp:
-        subset = first_reports_tgz(reports_tgz, Path(tmp) / "reports.tgz", n_reports)
-        info = write_nlm_tree(out, subset, dicom_csv_gz, size=IMAGE_SIZE, tsne_csv_gz=tsne_csv_gz)
+    info = write_nlm_tree(out, reports_tgz, dicom_csv_gz, size=IMAGE_SIZE, tsne_csv_gz=tsne_csv_gz)
     # Written last: a tree without it (killed between the two writes) is rebuilt.
-    write_marker(out, f"IU X-Ray NLM layout: the first {n_reports} real reports, placeholder images",
+    write_marker(out, "IU X-Ray NLM layout: every real report, placeholder images",
                  spec, reports=info["reports"], images=info["images"])
     return True
 

@@ -32,6 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--subtype", action="append", metavar="NAME",
                         help="PatchGastricADC22 subtype (repeatable; default: params, the paper's five)")
     parser.add_argument("--pairs-per-subtype", type=int, help="PatchGastricADC22 pairs per subtype")
+    parser.add_argument("--max-records", type=int, metavar="N",
+                        help="use a seeded subset of N parsed records (default: the setup's "
+                        "max_records, else all); prompt lengths still cover every record")
     parser.add_argument("--tokenizer", help="tokenizer folder for prompt lengths (default: the base model's)")
     parser.add_argument("--workers", type=int,
                         help="image worker processes (default: usable CPUs, at most 8)")
@@ -59,10 +62,12 @@ def options_from_args(args: argparse.Namespace, params):
             raise ConfigError(f"--dataset {args.dataset} contradicts setups.{args.setup}.dataset "
                               f"({setup.dataset})")
         dataset, size, splits = setup.dataset, args.size or setup.size, setup.splits.as_dict()
+        max_records = setup.max_records
     elif args.dataset:
         dataset = args.dataset
         size = args.size or PAPER_SIZE[dataset]
         splits = default_splits(dataset, size)
+        max_records = None
     else:
         raise ConfigError("give --dataset NAME or --setup NAME")
     if args.splits:
@@ -81,6 +86,7 @@ def options_from_args(args: argparse.Namespace, params):
         views=Path(views) if views else None,
         subtypes=tuple(args.subtype or (source.subtypes if dataset == "patchgastric" else ())),
         pairs_per_subtype=args.pairs_per_subtype or getattr(source, "pairs_per_subtype", 1000),
+        max_records=max_records if args.max_records is None else args.max_records,
         tokenizer=tokenizer, tokenizer_note=note, workers=args.workers or min(usable_cpus(), 8),
         force=args.force,
     )
@@ -106,11 +112,18 @@ def run(args: argparse.Namespace) -> int:
     state = "written" if written else "up to date, nothing to do"
     print(f"{opts.dataset} → {opts.out} ({state}): {counts}; {skipped} record(s) skipped "
           f"(see {opts.out}/data_report.md)")
-    tok = report.get("prompt_tokens", {}).get("all")
+    cap = report.get("record_cap")
+    if cap:
+        print(f"record cap: {cap['used']} of {cap['parsed_records']} parsed records used "
+              f"(max_records {cap['max_records']})")
+    # With a cap, the data set's own prompt lengths: every parsed record's, not the few used.
+    tok, of = (cap.get("prompt_tokens"), "every parsed record") if cap else \
+        (report.get("prompt_tokens", {}).get("all"), "the records used")
     limit = report["tokenizer"].get("max_length")
     if tok and tok["n"]:
         over = f", {tok['over_limit']} over {limit}" if limit and "over_limit" in tok else ""
-        print(f"prompt tokens: median {tok['median']}, p95 {tok['p95']}, max {tok['max']}{over}")
+        print(f"prompt tokens ({of}, n={tok['n']}): median {tok['median']}, p95 {tok['p95']}, "
+              f"max {tok['max']}{over}")
     print(f"split hash: {report['split_hash']}")
     for warning in report.get("warnings", []):
         print(f"warning: {warning}", file=sys.stderr)

@@ -205,6 +205,7 @@ class PrepareOptions:
     views: Path | None = None  # IU X-Ray, NLM layout: image id → view position table
     subtypes: tuple[str, ...] = ()  # PatchGastricADC22
     pairs_per_subtype: int = 1000  # PatchGastricADC22
+    max_records: int | None = None  # a seeded subset of the parsed records (setups.<name>.max_records)
     tokenizer: str | None = None  # folder/hub id of the text encoder's tokenizer (prompt lengths)
     workers: int = 1
     force: bool = False
@@ -221,19 +222,24 @@ class PrepareOptions:
         if self.dataset == "patchgastric":
             out["subtypes"] = list(self.subtypes)
             out["pairs_per_subtype"] = self.pairs_per_subtype
+        if self.max_records is not None:  # absent when unset: fingerprints of uncapped sets unchanged
+            out["max_records"] = self.max_records
         return out
 
 
 @dataclass
 class Pool:
     """Candidates to decode in order; ``quota`` stops after that many usable images (sampling),
-    ``split`` fixes their split (otherwise splits are drawn after decoding)."""
+    ``split`` fixes their split (otherwise splits are drawn after decoding). A ``ceiling`` quota
+    (the record cap) may go unmet; otherwise fewer usable images than the quota is an error."""
 
     name: str
     items: Iterable[Candidate]
     size: int
     split: str | None = None
     quota: int | None = None
+    ceiling: bool = False
+    tried: int = 0  # set by the decoding stage: candidates decoded before the quota was met
 
 
 def natural_key(text: str) -> tuple:

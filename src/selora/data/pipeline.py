@@ -19,12 +19,13 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import numpy as np
 from tqdm import tqdm
 
 from selora.data import iuxray, montgomery, patchgastric, synthetic
 from selora.data.common import Candidate, Pool, PrepareOptions, SkipLog, dedupe
 from selora.data.images import OrderedPool, process_first_usable
-from selora.data.report import count_tokens, load_tokenizer, summarise, to_markdown
+from selora.data.report import count_tokens, length_stats, load_tokenizer, summarise, to_markdown
 from selora.errors import ConfigError, DatasetFormatError
 from selora.imagefolder import MANIFEST, SPLITS, image_folder, split_hash
 from selora.io import Provenance, write_json, write_text
@@ -37,6 +38,7 @@ DATASETS: dict[str, ModuleType] = {
 PAPER_SIZE = {"iu-xray": 224, "montgomery": 224, "patchgastric": 384, "synthetic-cxr": 32}
 REPORT_JSON, REPORT_MD = "data_report.json", "data_report.md"
 FORMAT_VERSION = 2  # bump when the output for the same inputs changes
+CAP_STREAM = 0xCA9  # the record cap's random stream, apart from the splits' (same seed)
 
 
 def default_splits(dataset: str, size: int) -> dict[str, float]:
@@ -75,6 +77,11 @@ def check_options(opts: PrepareOptions) -> None:
         raise ConfigError(f"splits {opts.splits}: train and test need a fraction above 0")
     if opts.dataset == "patchgastric" and (not opts.subtypes or opts.pairs_per_subtype < 1):
         raise ConfigError("datasets.patchgastric: give at least one subtype and pairs_per_subtype >= 1")
+    if opts.max_records is not None and opts.max_records < 1:
+        raise ConfigError(f"max_records {opts.max_records}: give at least 1, or none for every record")
+    if opts.max_records is not None and opts.dataset == "patchgastric":
+        raise ConfigError("max_records: PatchGastricADC22 draws its own count per subtype; set "
+                          "datasets.patchgastric.pairs_per_subtype instead")
 
 
 def prepare(opts: PrepareOptions, progress: bool = False) -> tuple[dict[str, Any], bool]:
@@ -91,12 +98,15 @@ def prepare(opts: PrepareOptions, progress: bool = False) -> tuple[dict[str, Any
         return existing, False
     if hasattr(module, "plan"):
         pools = module.plan(candidates, opts, log)
+    elif opts.max_records is not None and opts.max_records < len(candidates):
+        pools = [capped_pool(candidates, opts.max_records, opts.seed)]
     else:
         pools = [Pool("all records", candidates, len(candidates))]
     prov = Provenance("selora prepare", opts.config())
     with image_folder(opts.out) as writer:
         staging = writer.root / ".staging"
         staging.mkdir()
+        skipped_before = len(log.skipped)
         accepted = _decode(pools, opts, staging, log, progress)
         split_of = _assign(accepted, opts, log)
         tokenizer, tok_note = load_tokenizer(opts.tokenizer)
@@ -105,6 +115,8 @@ def prepare(opts: PrepareOptions, progress: bool = False) -> tuple[dict[str, Any
         if tokenizer is None:
             log.warnings.append(f"no token counts: {tok_note}")
         n_tokens = count_tokens(tokenizer, [c.text for c, _, _ in accepted]) if tokenizer else None
+        cap = _cap_summary(pools[0], len(accepted), len(log.skipped) - skipped_before) \
+            if pools[0].ceiling else None
         for i, (cand, _, staged) in enumerate(accepted):
             extra = dict(cand.extra)
             if n_tokens is not None:
@@ -119,6 +131,7 @@ def prepare(opts: PrepareOptions, progress: bool = False) -> tuple[dict[str, Any
             "layout": layout,
             "split_hash": split_hash(rows),
             **summarise(rows, limit, n_tokens is not None),
+            **({"record_cap": {**cap, **_parsed_lengths(candidates, tokenizer, limit)}} if cap else {}),
             "tokenizer": {"source": tok_note if tokenizer else None, "max_length": limit,
                           "note": "" if tokenizer else tok_note},
             "notes": log.notes,
@@ -164,7 +177,8 @@ def _decode(pools: list[Pool], opts: PrepareOptions, staging: Path, log: SkipLog
                 bar.update()
                 if pool.quota is not None and taken == pool.quota:
                     break
-            if pool.quota is not None:
+            pool.tried = tried
+            if pool.quota is not None and not pool.ceiling:
                 if taken < pool.quota:
                     raise DatasetFormatError(f"{pool.name}: only {taken} usable images among {pool.size} "
                                              f"candidates, {pool.quota} needed (see the skipped images)")
@@ -175,6 +189,28 @@ def _decode(pools: list[Pool], opts: PrepareOptions, staging: Path, log: SkipLog
         if path.name not in used:
             path.unlink()
     return accepted
+
+
+def capped_pool(candidates: list[Candidate], cap: int, seed: int) -> Pool:
+    """The record cap: candidates in a seeded random order, decoded until ``cap`` are usable — a
+    subset that looks like the whole (not the first ids), the same for the same seed."""
+    order = np.random.default_rng([seed, CAP_STREAM]).permutation(len(candidates)).tolist()
+    return Pool(f"a seeded subset of {cap} of {len(candidates)} records", map(candidates.__getitem__, order),
+                len(candidates), quota=cap, ceiling=True)
+
+
+def _cap_summary(pool: Pool, used: int, skipped: int) -> dict[str, Any]:
+    """Records, one unit: parsed = used + skipped while decoding + left out by the cap (not tried)."""
+    return {"max_records": pool.quota, "parsed_records": pool.size, "used": used,
+            "skipped_while_decoding": skipped, "left_out": pool.size - pool.tried}
+
+
+def _parsed_lengths(candidates: list[Candidate], tokenizer: Any, limit: int | None) -> dict[str, Any]:
+    """Prompt lengths of every parsed record, so a capped set still reports the data set's own."""
+    out = {"prompt_words": length_stats([len(c.text.split()) for c in candidates], None)}
+    if tokenizer is not None:
+        out["prompt_tokens"] = length_stats(count_tokens(tokenizer, [c.text for c in candidates]), limit)
+    return out
 
 
 def _image_problem(error: str) -> str:

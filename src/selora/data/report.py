@@ -116,6 +116,21 @@ def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
     return lines
 
 
+def _cap_lines(cap: dict[str, Any] | None) -> list[str]:
+    if not cap:
+        return []
+    return [f"- record cap (max_records {cap['max_records']}): {cap['used']} of {cap['parsed_records']} "
+            f"parsed records used, drawn in a seeded random order; {cap['left_out']} records left out by "
+            f"the cap (not listed), {cap['skipped_while_decoding']} skipped while decoding (listed below)"]
+
+
+def _with_parsed(stats: dict[str, Any], report: dict[str, Any], key: str) -> list[tuple[str, Any]]:
+    """Per-split rows, then every parsed record's when a record cap left most of them out."""
+    rows = list(stats.items())
+    parsed = report.get("record_cap", {}).get(key)
+    return rows + ([("every parsed record (before the cap)", parsed)] if parsed else [])
+
+
 def to_markdown(report: dict[str, Any]) -> str:
     cfg = report["config"]
     splits = ", ".join(f"{k} {v:g}" for k, v in cfg["splits"].items())
@@ -128,6 +143,7 @@ def to_markdown(report: dict[str, Any]) -> str:
         f"- {report['total']} image–text pairs written, one per record",
         f"- {len(report['skipped'])} records skipped (bad input or no usable image; each listed below)",
         f"- {sum(report['excluded'].values())} further images not used (counted by reason below)",
+        *_cap_lines(report.get("record_cap")),
         *[f"- **Warning**: {w}" for w in report.get("warnings", [])],
         "",
         "## Counts per split",
@@ -147,12 +163,12 @@ def to_markdown(report: dict[str, Any]) -> str:
         lines += _table(["split", "n", "min", "median", "mean", "p95", "max", *over],
                         [[s, v["n"], v["min"], v["median"], v["mean"], v["p95"], v["max"],
                           *([v["over_limit"]] if limit else [])]
-                         for s, v in tok.items() if v["n"]])
+                         for s, v in _with_parsed(tok, report, "prompt_tokens") if v["n"]])
     else:
         lines += [f"Token counts unavailable: {report['tokenizer']['note']}. Words per prompt instead:", ""]
         lines += _table(["split", "n", "min", "median", "mean", "p95", "max"],
                         [[s, v["n"], v["min"], v["median"], v["mean"], v["p95"], v["max"]]
-                         for s, v in report["prompt_words"].items() if v["n"]])
+                         for s, v in _with_parsed(report["prompt_words"], report, "prompt_words") if v["n"]])
     lines += ["", "## Labels per split", ""]
     for split, labels in report["labels"].items():
         parts = [f"{k}: " + ", ".join(f"{a}={b}" for a, b in v.items()) for k, v in labels.items()]
