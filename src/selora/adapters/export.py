@@ -30,13 +30,13 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 
+from selora.adapters._common import anchored, anchored_any, most_common
 from selora.io import ensure_writable_dir
 
 WEIGHT_NAME = "pytorch_lora_weights.safetensors"
@@ -70,8 +70,8 @@ def lora_config_dict(layers: Mapping[str, tuple[torch.Tensor, torch.Tensor]], pr
     from peft import LoraConfig
 
     ranks = {name: int(a.shape[0]) for name, (a, _) in layers.items()}
-    default = max(set(ranks.values()), key=list(ranks.values()).count)  # most common rank
-    pattern = {f"^{prefix}{re.escape(n)}$": r for n, r in ranks.items() if r != default}
+    default = most_common(ranks.values())
+    pattern = {anchored(n, prefix): r for n, r in ranks.items() if r != default}
     cfg = LoraConfig(
         r=default,
         lora_alpha=default,
@@ -81,8 +81,7 @@ def lora_config_dict(layers: Mapping[str, tuple[torch.Tensor, torch.Tensor]], pr
         init_lora_weights=False,
     )
     out = cfg.to_dict()
-    names = "|".join(re.escape(n) for n in sorted(ranks))
-    out["target_modules"] = f"^{prefix}(?:{names})$"  # exact names
+    out["target_modules"] = anchored_any(sorted(ranks), prefix)  # exact names
     return out
 
 
