@@ -47,7 +47,7 @@ from selora.metrics.reference import (
     label_schema,
 )
 from selora.metrics.samples import SampleError, load_images, match_test_rows, read_samples
-from selora.runlayout import RunId, data_identity, prepared_dir
+from selora.runlayout import RunId, data_identity, prepared_dir, run_id_from_path
 
 REFERENCE_JSON = "reference.json"
 REAL_FEATURES = "real_features.safetensors"
@@ -235,11 +235,8 @@ def load_reference(folder: Path, setup: str) -> dict[str, Any]:
 
 
 def run_id_of(params: Params, run_dir: Path) -> RunId:
-    """(setup, method, variant, seed) from ``.../<setup>/<method>/<variant>/seed<N>``."""
-    parts = run_dir.resolve().parts
-    if len(parts) < 4 or not parts[-1].startswith("seed") or not parts[-1][4:].lstrip("-").isdigit():
-        raise ConfigError(f"--run-dir {run_dir}: expected .../<setup>/<method>/<variant>/seed<N>")
-    run = RunId(parts[-4], parts[-3], parts[-2], int(parts[-1][4:]))
+    """The run ``--run-dir`` holds, its setup checked against params."""
+    run = run_id_from_path(run_dir, "--run-dir")
     params.setup(run.setup)
     return run
 
