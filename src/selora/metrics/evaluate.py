@@ -68,6 +68,17 @@ def feature_space(params: Params) -> str:
     return space
 
 
+def feature_dims(space: str) -> dict[str, int]:
+    """Width of each FID tap (``fid``, ``fid_mid``, ``fid_low``) in a feature space, as a run scored
+    there records it: what a report shows before any run is evaluated."""
+    from selora.metrics import inception, reference
+
+    dims = {"inception": inception.FEATURE_DIMS, "reference": reference.FEATURE_DIMS}
+    if space not in dims:
+        raise ConfigError(f"evaluate.feature_space: {space!r} is not one of {', '.join(dims)}")
+    return dict(dims[space])
+
+
 def reference_dir(params: Params, setup: str) -> Path:
     return Path(params.paths.results) / "reference" / setup
 
@@ -370,4 +381,4 @@ def load_run_features(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     return data["fid"], data["real_index"]
 
 
-__all__ = ["ReferenceGateError", "SampleError", "evaluate_run", "feature_space", "fit_setup"]
+__all__ = ["ReferenceGateError", "SampleError", "evaluate_run", "feature_dims", "feature_space", "fit_setup"]
