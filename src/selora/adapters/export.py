@@ -23,7 +23,8 @@ A trained adapter, whatever its method, is a set of per-layer low-rank factors. 
 Files are written to a temporary folder and renamed into place, so a killed export never leaves a
 half-written adapter behind.
 
-``load_standard_lora`` reads such a file back into per-layer (A, B) factors (e.g. to resume SeLoRA).
+``load_standard_lora`` reads such a file back into per-layer (A, B) factors, e.g. to check that an
+export is lossless (resuming uses the checkpoint, not the export).
 """
 
 from __future__ import annotations
