@@ -63,6 +63,19 @@ def run_steps(adapter, pipe, parts, batch, steps: int, lr: float = 1e-3) -> list
     return losses
 
 
+def selora_from_export(adapter, path: Path) -> None:
+    """Put an exported standard LoRA file into an attached SeLoRA adapter (A, and B / s undoing the
+    folded scale, at the file's ranks): proves the export holds all SeLoRA needs to go on."""
+    from selora.adapters.export import load_standard_lora
+
+    loaded = load_standard_lora(path)
+    assert {(p, n) for p, layers in loaded.items() for n in layers} == set(adapter.layers), \
+        "the export's layers are not the adapted ones"
+    for (part, name), layer in adapter.layers.items():
+        a, b = loaded[part][name]
+        layer.set_factors(a, b / layer.scale)
+
+
 def base_state(parts) -> list[tuple[str, torch.nn.Parameter, torch.Tensor]]:
     """Call BEFORE attaching: every base parameter object with a copy of its value."""
     return [(f"{k}.{n}", p, p.detach().clone()) for k, m in parts.items() for n, p in m.named_parameters()]

@@ -216,14 +216,19 @@ def test_dylora_draws_one_rank_per_step_for_every_layer(tiny_pipeline, batch, mo
     r = adapter.rank
     for module in parts.values():
         module.train()
+    used: dict[object, int] = {}  # layer -> the rank its latest forward ran at
+    for layer in adapter.layers.values():
+        layer.register_forward_pre_hook(lambda module, _: used.__setitem__(module, module.current_rank()))
     draws = []
     for step in range(4):
         adapter.before_forward(step)
         b = adapter.draw(step)
         draws.append(b)
+        used.clear()
         diffusion_loss(tiny_pipeline, parts, batch).backward()
+        assert len(used) == len(adapter.layers)
         for layer in adapter.layers.values():
-            assert layer.last_rank == b
+            assert used[layer] == b
             used_b = layer.lora_B.grad.abs().sum(dim=0) > 0  # [r]: columns that got gradient
             used_a = layer.lora_A.grad.abs().sum(dim=1) > 0  # [r]
             learning = torch.arange(r) == b - 1 if mode == "frozen" else torch.arange(r) < b

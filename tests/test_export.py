@@ -61,6 +61,22 @@ def test_per_layer_ranks_resolve_exactly_despite_suffix_collisions():
     assert type(model.x.attn.to_q) is nn.Linear, "a left-out layer got an adapter through a suffix match"
 
 
+def test_rank_ties_resolve_as_exported_files_always_did():
+    """The default rank on a tie decides the metadata's ``r`` and ``rank_pattern`` (so the file's
+    bytes, not what it loads as): LoRA at given ranks and the export share one rule, pinned here so
+    re-exports stay byte-identical. {1, 8}: set order puts 8 first, so 8 wins, not the smallest."""
+    from selora.adapters._common import anchored, anchored_any, most_common
+
+    assert most_common([1, 2, 2, 1]) == 1 and most_common([2, 1, 1, 2]) == 1
+    assert most_common([1, 8, 8, 1]) == 8 and most_common(iter([8, 1, 3, 1, 8])) == 8
+    assert most_common([4, 9, 4]) == 4
+    layers = {"to_q": nn.Linear(3, 4), "ff": nn.Linear(3, 4)}
+    cfg = lora_config_dict(_factors(layers, {"to_q": 1, "ff": 8}, seed=0))
+    assert (cfg["r"], cfg["rank_pattern"]) == (8, {anchored("to_q"): 1})
+    assert anchored("a.to_q", r"(?:text_model\.)?") == r"^(?:text_model\.)?a\.to_q$"
+    assert cfg["target_modules"] == anchored_any(["ff", "to_q"]) == "^(?:ff|to_q)$"
+
+
 def test_file_carries_metadata_and_round_trips(tmp_path):
     from safetensors import safe_open
 

@@ -135,6 +135,21 @@ def test_inception_taps_give_torchmetrics_fid_with_antialias_off(tmp_path):
         assert frechet.fid(fr[role], ff[role]) == pytest.approx(float(ref.compute()), rel=1e-6, abs=1e-9)
 
 
+def test_planned_feature_dims_are_the_widths_the_networks_tap():
+    """What a report shows before any run is scored (feature_dims) is what scoring records."""
+    from selora.errors import ConfigError
+    from selora.metrics.evaluate import feature_dims
+    from selora.metrics.reference import ReferenceNet
+
+    taps, _ = ReferenceNet(channels=1, classes=[2])(torch.rand(3, 1, 32, 32))
+    assert {k: v.shape[1] for k, v in taps.items()} == feature_dims("reference")
+    assert feature_dims("inception") == {"fid": 2048, "fid_mid": 192, "fid_low": 64}  # as above
+    feature_dims("reference")["fid"] = 0  # a copy: the caller cannot change the next answer
+    assert feature_dims("reference")["fid"] == taps["fid"].shape[1]
+    with pytest.raises(ConfigError, match="feature_space"):
+        feature_dims("auto")
+
+
 # ----------------------------------------------------------------------------- CLIP score
 @pytest.fixture(scope="module")
 def tiny_clip():

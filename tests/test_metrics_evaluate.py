@@ -243,6 +243,28 @@ def test_bad_run_folders_fail_with_one_clear_line(fitted, cxr, capsys, defect, e
     assert code == 2 and expect in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
+def test_run_folders_parse_back_to_their_run(tmp_path):
+    from selora.errors import ConfigError
+    from selora.runlayout import RunId, run_id_from_path
+
+    for run in (RunId(SETUP, "selora", "threshold-1.3", 3), RunId(SETUP, "none", "default", 0)):
+        assert run_id_from_path(tmp_path / "runs" / run.relpath) == run
+        assert run_id_from_path(Path("results/runs") / run.relpath) == run  # relative to the cwd
+    layout = r"^run folder .*: expected \.\.\./<setup>/<method>/<variant>/seed<N>$"
+    for bad in ("seed", "seedx", "latest"):
+        with pytest.raises(ConfigError, match=layout):
+            run_id_from_path(tmp_path / "runs" / SETUP / "lora" / "default" / bad)
+
+
+def test_a_run_folder_outside_the_layout_fails_with_one_clear_line(fitted, cxr, capsys):
+    rows = _test_rows(cxr)[:3]
+    run = write_run(fitted["tmp"] / "odd", "lora", 0, rows, [Image.open(r["path"]) for r in rows])
+    odd = run.rename(run.with_name("latest"))
+    code, err = _cli(_eval_args(fitted, odd, cxr), capsys)
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert f"--run-dir {odd}: expected .../<setup>/<method>/<variant>/seed<N>" in err
+
+
 def test_absent_reference_and_absent_inception_weights_say_what_to_do(
     fitted, cxr, capsys, tmp_path, monkeypatch
 ):

@@ -259,6 +259,20 @@ def test_mean_and_std_over_seeds_on_hand_made_numbers():
 
 
 # ----------------------------------------------------------------------------- tables
+def test_before_any_run_is_scored_tables_name_the_planned_feature_space():
+    from selora.metrics.evaluate import feature_dims
+    from selora.report.collect import Collected
+    from selora.report.tables import feature_space_of
+
+    empty = Collected(pd.DataFrame())  # no run scored yet
+    for space in ("reference", "inception"):
+        params = load_params(None, [f"evaluate.feature_space={space}"])
+        planned = feature_space_of(empty, "synthetic-cxr-32", params)
+        assert planned["name"] == space and "no run evaluated yet" in planned["label"]
+        assert planned["dims"] == feature_dims(space)
+    assert feature_space_of(empty, "synthetic-cxr-32")["dims"] == {}
+
+
 def test_quality_table_states_its_configuration_and_aggregates_seeds(built):
     _, res, out = built
     assert out["missing"] == 0 and out["runs"] == 17  # 16 grid runs + the no-adapter run

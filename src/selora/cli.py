@@ -30,10 +30,6 @@ PHASES: tuple[tuple[str, str, str], ...] = (
 )
 
 
-def available_phases() -> list[tuple[str, str, str]]:
-    return [p for p in PHASES if importlib.util.find_spec(f"selora.commands.{p[1]}") is not None]
-
-
 def build_parser() -> argparse.ArgumentParser:
     from selora import __version__
 
@@ -43,7 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"selora {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="PHASE", required=True)
-    for name, module, help_text in available_phases():
+    for name, module, help_text in PHASES:
+        if importlib.util.find_spec(f"selora.commands.{module}") is None:
+            continue  # not offered (see PHASES)
         mod = importlib.import_module(f"selora.commands.{module}")
         p = sub.add_parser(name, help=help_text, description=(mod.__doc__ or help_text).strip())
         mod.add_arguments(p)

@@ -70,6 +70,16 @@ class RunId:
         return f"{self.setup}/{self.method}/{self.variant}/seed{self.seed}"
 
 
+def run_id_from_path(path: str | Path, what: str = "run folder") -> RunId:
+    """The run a folder ``.../<setup>/<method>/<variant>/seed<N>`` holds: the inverse of
+    :attr:`RunId.relpath`, kept beside it so one module knows the layout. ``what`` names the path in
+    the error (e.g. the command-line option it came from). The setup is not checked against params."""
+    parts = Path(path).resolve().parts
+    if len(parts) < 4 or not parts[-1].startswith("seed") or not parts[-1][4:].lstrip("-").isdigit():
+        raise ConfigError(f"{what} {path}: expected .../<setup>/<method>/<variant>/seed<N>")
+    return RunId(parts[-4], parts[-3], parts[-2], int(parts[-1][4:]))
+
+
 def variant_name(key: str, value: float | int) -> str:
     """``threshold-1.3``, ``test_interval-80`` (``str(value)``, as DVC's templating renders it)."""
     return f"{key}-{value}"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 
 import torch
 from torch import nn
@@ -33,9 +33,17 @@ def split_qualified(name: str) -> tuple[str, str]:
     return part, module
 
 
-def anchored(name: str) -> str:
-    """A peft ``rank_pattern`` key that matches exactly this qualified module and no suffix of it."""
-    return f"^{re.escape(name)}$"
+def anchored(name: str, prefix: str = "") -> str:
+    """A peft ``rank_pattern`` key that matches exactly this module and no suffix of it (peft matches
+    a bare name by suffix: ``attn.to_q`` would also catch ``x.attn.to_q``); ``prefix`` is a regex
+    allowed before the name (the text encoder's optional ``text_model.``)."""
+    return f"^{prefix}{re.escape(name)}$"
+
+
+def anchored_any(names: Iterable[str], prefix: str = "") -> str:
+    """One regex matching exactly these module names, for peft's ``target_modules`` (a list would be
+    matched by suffix too)."""
+    return f"^{prefix}(?:{'|'.join(re.escape(n) for n in names)})$"
 
 
 @contextlib.contextmanager
@@ -73,9 +81,17 @@ def require_attached(parts: Mapping[str, nn.Module], method: str) -> None:
         raise RuntimeError(f"{method}: call attach(parts, total_steps) first")
 
 
-def most_common(values: list[int]) -> int:
-    """The most frequent value (smallest on ties), so per-layer patterns list only the exceptions."""
-    return min(set(values), key=lambda v: (-values.count(v), v))
+def most_common(values: Iterable[int]) -> int:
+    """The most frequent rank, the config's default, so per-layer patterns list only the exceptions.
+
+    Ties go to the tied value met first in ``set`` iteration order: CPython places an int by its value
+    modulo the table size, so that is the smallest rank when the ranks are below the table size, but
+    not always otherwise ({1: 2, 8: 2} gives 8). Exported files were written with this choice (their
+    metadata's ``r`` and ``rank_pattern``), so keeping it keeps exports byte-identical; any choice
+    loads as the same adapter.
+    """
+    values = list(values)
+    return max(set(values), key=values.count)
 
 
 def copy_tensors(targets: Mapping[str, torch.Tensor], saved: Mapping[str, torch.Tensor], what: str) -> None:

@@ -57,7 +57,6 @@ class DyLoraLinear(nn.Module):
         self.lora_A = nn.Parameter(torch.empty(rank, base.in_features, device=base.weight.device))
         self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank, device=base.weight.device))
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # as the official loralib; B = 0
-        self.last_rank = 0  # the rank the latest forward used (for tests and logging)
 
     # nn.Linear's attributes, for code that inspects the layer it adapted
     @property
@@ -86,7 +85,6 @@ class DyLoraLinear(nn.Module):
         if self.training and self.frozen and b > 1:
             a = torch.cat([a[: b - 1].detach(), a[b - 1:]], dim=0)
             bb = torch.cat([bb[:, : b - 1].detach(), bb[:, b - 1:]], dim=1)
-        self.last_rank = b
         return self.base(x) + F.linear(F.linear(x, a), bb) * (self.alpha / b)
 
     def extra_repr(self) -> str:

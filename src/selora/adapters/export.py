@@ -23,20 +23,21 @@ A trained adapter, whatever its method, is a set of per-layer low-rank factors. 
 Files are written to a temporary folder and renamed into place, so a killed export never leaves a
 half-written adapter behind.
 
-``load_standard_lora`` reads such a file back into per-layer (A, B) factors (e.g. to resume SeLoRA).
+``load_standard_lora`` reads such a file back into per-layer (A, B) factors, e.g. to check that an
+export is lossless (resuming uses the checkpoint, not the export).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 
+from selora.adapters._common import anchored, anchored_any, most_common
 from selora.io import ensure_writable_dir
 
 WEIGHT_NAME = "pytorch_lora_weights.safetensors"
@@ -70,8 +71,8 @@ def lora_config_dict(layers: Mapping[str, tuple[torch.Tensor, torch.Tensor]], pr
     from peft import LoraConfig
 
     ranks = {name: int(a.shape[0]) for name, (a, _) in layers.items()}
-    default = max(set(ranks.values()), key=list(ranks.values()).count)  # most common rank
-    pattern = {f"^{prefix}{re.escape(n)}$": r for n, r in ranks.items() if r != default}
+    default = most_common(ranks.values())
+    pattern = {anchored(n, prefix): r for n, r in ranks.items() if r != default}
     cfg = LoraConfig(
         r=default,
         lora_alpha=default,
@@ -81,8 +82,7 @@ def lora_config_dict(layers: Mapping[str, tuple[torch.Tensor, torch.Tensor]], pr
         init_lora_weights=False,
     )
     out = cfg.to_dict()
-    names = "|".join(re.escape(n) for n in sorted(ranks))
-    out["target_modules"] = f"^{prefix}(?:{names})$"  # exact names
+    out["target_modules"] = anchored_any(sorted(ranks), prefix)  # exact names
     return out
 
 

@@ -5,7 +5,8 @@ init_lora_weights="gaussian")`` (A ~ N(0, 1/r²), B = 0, so training starts at t
 scale alpha / r with alpha = r by default (params ``methods.lora``).
 
 :meth:`LoraAdapter.at_ranks` builds LoRA with an explicit rank per layer (peft ``rank_pattern`` /
-``alpha_pattern`` with anchored names): the benchmark's "LoRA at exactly SeLoRA's final ranks".
+``alpha_pattern`` with anchored names): the step-time and memory baseline "LoRA at exactly SeLoRA's
+final ranks" of ``benchmarks/sd15.py`` (``make bench``), not a params option.
 """
 
 from __future__ import annotations

@@ -38,9 +38,7 @@ parameter objects goes stale — build the optimiser from :meth:`SeLoraAdapter.t
 from __future__ import annotations
 
 import math
-import re
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -77,35 +75,15 @@ def check_config(cfg: Any) -> None:
         raise bad("scale", f"{cfg.scale!r} must be a positive number")
 
 
-def _compile(patterns: Sequence[str] | None, what: str) -> list[re.Pattern]:
-    out = []
-    for p in patterns or ():
-        try:
-            out.append(re.compile(p))
-        except re.error as exc:
-            raise ConfigError(f"selora {what} pattern {p!r} is not a regular expression: {exc}") from None
-    return out
-
-
 @register("selora")
 class SeLoraAdapter(Adapter):
-    """SeLoRA behind the :class:`~selora.adapters.base.Adapter` interface.
+    """SeLoRA behind the :class:`~selora.adapters.base.Adapter` interface."""
 
-    ``include`` / ``exclude``: regular expressions searched (``re.search``) in ``"<part>.<module>"``,
-    e.g. ``r"^unet\\."`` (U-Net only) or ``r"time_emb"``. A linear is adapted when it matches some
-    include pattern (default: every linear) and no exclude pattern. Every pattern must match at
-    least one linear layer, so a typo fails loudly instead of silently adapting nothing.
-    """
-
-    def __init__(self, cfg: Any, *, seed: int, include: Sequence[str] | None = None,
-                 exclude: Sequence[str] | None = None) -> None:
+    def __init__(self, cfg: Any, *, seed: int) -> None:
         super().__init__(cfg, seed=seed)
         check_config(cfg)
-        self.include = _compile(include, "include")
-        self.exclude = _compile(exclude, "exclude")
         self.layers: dict[tuple[str, str], SeLoraLinear] = {}  # (part, module name) -> layer
         self.generator = torch.Generator().manual_seed(int(seed))
-        self.tests_done = 0
         self._armed: tuple[int, dict[tuple[str, str], FisherProbe]] | None = None
         self._rows: list[dict[str, Any]] = []
         self._check_optimizer = False
@@ -113,34 +91,17 @@ class SeLoraAdapter(Adapter):
 
     # ---- set-up ------------------------------------------------------------------------------
     def attach(self, parts: Mapping[str, nn.Module], total_steps: int = 0) -> None:
-        """Wrap every selected ``nn.Linear`` of each part in place (``total_steps`` is not needed:
-        SeLoRA has no schedule); freeze every base parameter; convolutions stay as they are."""
+        """Wrap every ``nn.Linear`` of each part in place, as the paper does (``total_steps`` is not
+        needed: SeLoRA has no schedule); freeze every base parameter; convolutions stay as they are."""
         if self.parts:
             raise RuntimeError("SeLoRA adapter is already attached")
         chosen: dict[str, list[str]] = {}
-        hits_inc = [0] * len(self.include)
-        hits_exc = [0] * len(self.exclude)
         for part, module in parts.items():
             if any(isinstance(m, SeLoraLinear) for m in module.modules()):
                 raise ConfigError(f"{part}: already holds SeLoRA layers; attach to a fresh model")
-            names = []
-            for name in linear_modules(module):
-                full = f"{part}.{name}"
-                inc = [bool(p.search(full)) for p in self.include]
-                exc = [bool(p.search(full)) for p in self.exclude]
-                hits_inc = [h + i for h, i in zip(hits_inc, inc, strict=True)]
-                if self.include and not any(inc):
-                    continue
-                hits_exc = [h + e for h, e in zip(hits_exc, exc, strict=True)]
-                if not any(exc):
-                    names.append(name)
-            chosen[part] = names
-        for pat, n in [*zip(self.include, hits_inc, strict=True), *zip(self.exclude, hits_exc, strict=True)]:
-            if n == 0:
-                raise ConfigError(f"selora: pattern {pat.pattern!r} matches no linear layer of "
-                                  f"{', '.join(parts)}")
+            chosen[part] = list(linear_modules(module))
         if not any(chosen.values()):
-            raise ConfigError("selora: no linear layer left to adapt after include/exclude")
+            raise ConfigError(f"selora: no linear layer to adapt in {', '.join(parts)}")
         for part, module in parts.items():
             for p in module.parameters():
                 p.requires_grad_(False)
@@ -219,7 +180,6 @@ class SeLoraAdapter(Adapter):
             self._rows.append({"step": step, "part": key[0], "module": key[1], "rank": layer.rank,
                                "fi_ratio": ratio, "expanded": expand})
         self._disarm()
-        self.tests_done += 1
         if grown:
             replace_in_optimizer(optimizer, grown)
 
@@ -251,28 +211,6 @@ class SeLoraAdapter(Adapter):
             out[part][name] = (layer.lora_A.detach(), layer.lora_B.detach() * layer.scale)
         return out
 
-    def init_from_standard_lora(self, path: str | Path) -> None:
-        """Start (or resume) from a standard LoRA file written by :meth:`export`: each adapted layer
-        takes the file's A and B / s at the file's rank. Every adapted layer must be in the file and
-        vice versa. Call before building the optimiser."""
-        from selora.adapters.export import load_standard_lora
-
-        loaded = load_standard_lora(path)
-        self._set_all({(p, n): ab for p, layers in loaded.items() for n, ab in layers.items()},
-                      fold_scale=True, source=str(path))
-
-    def _set_all(self, factors: Mapping[tuple[str, str], tuple[torch.Tensor, torch.Tensor]], *,
-                 fold_scale: bool, source: str) -> None:
-        extra = sorted(f"{p}.{n}" for p, n in factors if (p, n) not in self.layers)
-        missing = sorted(f"{p}.{n}" for p, n in self.layers if (p, n) not in factors)
-        if extra or missing:
-            raise ConfigError(f"{source}: layers do not match the adapted model "
-                              f"(not adapted here: {extra[:3]}; absent there: {missing[:3]})")
-        for key, layer in self.layers.items():
-            a, b = factors[key]
-            layer.set_factors(a, b / layer.scale if fold_scale else b)
-        self._check_optimizer = True
-
     # ---- resuming ----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -282,21 +220,23 @@ class SeLoraAdapter(Adapter):
                                     "B": layer.lora_B.detach().cpu().clone()}
                        for (p, n), layer in self.layers.items()},
             "generator": self.generator.get_state(),
-            "tests_done": self.tests_done,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         if state.get("method") != "selora" or state.get("version") != STATE_VERSION:
             raise ConfigError(f"not a SeLoRA state (version {STATE_VERSION}): "
                               f"method={state.get('method')!r}, version={state.get('version')!r}")
-        by_name = {f"{p}.{n}": (p, n) for p, n in self.layers}
-        unknown = [k for k in state["layers"] if k not in by_name]
+        saved = state["layers"]
+        unknown = [k for k in saved if k not in {f"{p}.{n}" for p, n in self.layers}]
         if unknown:
             raise ConfigError(f"SeLoRA state has layers this model lacks: {unknown[:3]}")
-        self._set_all({by_name[k]: (v["A"], v["B"]) for k, v in state["layers"].items()},
-                      fold_scale=False, source="SeLoRA state")
-        self.generator.set_state(state["generator"])
-        self.tests_done = int(state["tests_done"])
+        missing = sorted(f"{p}.{n}" for p, n in self.layers if f"{p}.{n}" not in saved)
+        if missing:
+            raise ConfigError(f"SeLoRA state lacks adapted layers of this model: {missing[:3]}")
+        for (p, n), layer in self.layers.items():
+            layer.set_factors(saved[f"{p}.{n}"]["A"], saved[f"{p}.{n}"]["B"])
+        self._check_optimizer = True
+        self.generator.set_state(state["generator"])  # a state saved with "tests_done" loads too
         self._disarm()
 
 

@@ -47,7 +47,7 @@ from selora.metrics.reference import (
     label_schema,
 )
 from selora.metrics.samples import SampleError, load_images, match_test_rows, read_samples
-from selora.runlayout import RunId, data_identity, prepared_dir
+from selora.runlayout import RunId, data_identity, prepared_dir, run_id_from_path
 
 REFERENCE_JSON = "reference.json"
 REAL_FEATURES = "real_features.safetensors"
@@ -66,6 +66,17 @@ def feature_space(params: Params) -> str:
     if space == "auto":
         return "inception" if params.evaluate.inception_weights else "reference"
     return space
+
+
+def feature_dims(space: str) -> dict[str, int]:
+    """Width of each FID tap (``fid``, ``fid_mid``, ``fid_low``) in a feature space, as a run scored
+    there records it: what a report shows before any run is evaluated."""
+    from selora.metrics import inception, reference
+
+    dims = {"inception": inception.FEATURE_DIMS, "reference": reference.FEATURE_DIMS}
+    if space not in dims:
+        raise ConfigError(f"evaluate.feature_space: {space!r} is not one of {', '.join(dims)}")
+    return dict(dims[space])
 
 
 def reference_dir(params: Params, setup: str) -> Path:
@@ -235,11 +246,8 @@ def load_reference(folder: Path, setup: str) -> dict[str, Any]:
 
 
 def run_id_of(params: Params, run_dir: Path) -> RunId:
-    """(setup, method, variant, seed) from ``.../<setup>/<method>/<variant>/seed<N>``."""
-    parts = run_dir.resolve().parts
-    if len(parts) < 4 or not parts[-1].startswith("seed") or not parts[-1][4:].lstrip("-").isdigit():
-        raise ConfigError(f"--run-dir {run_dir}: expected .../<setup>/<method>/<variant>/seed<N>")
-    run = RunId(parts[-4], parts[-3], parts[-2], int(parts[-1][4:]))
+    """The run ``--run-dir`` holds, its setup checked against params."""
+    run = run_id_from_path(run_dir, "--run-dir")
     params.setup(run.setup)
     return run
 
@@ -373,4 +381,4 @@ def load_run_features(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     return data["fid"], data["real_index"]
 
 
-__all__ = ["ReferenceGateError", "SampleError", "evaluate_run", "feature_space", "fit_setup"]
+__all__ = ["ReferenceGateError", "SampleError", "evaluate_run", "feature_dims", "feature_space", "fit_setup"]

@@ -25,6 +25,7 @@ WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
 WEIGHTS_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{WEIGHTS_FILE}"
 # role → torch-fidelity feature name; role names are shared with the reference feature space.
 TAPS = {"fid": "2048", "fid_mid": "192", "fid_low": "64"}
+FEATURE_DIMS = {role: int(tap) for role, tap in TAPS.items()}
 
 
 def hub_weights_path() -> Path:
@@ -80,7 +81,7 @@ class InceptionTaps(nn.Module):
             feature_extractor_weights_path=str(weights),
             feature_extractor_internal_dtype="float32",
         )
-        self.dims = {role: int(TAPS[role]) for role in roles}
+        self.dims = {role: FEATURE_DIMS[role] for role in roles}
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:

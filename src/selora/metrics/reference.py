@@ -32,6 +32,8 @@ from selora.metrics.samples import load_images
 
 WIDTHS = (16, 32, 64)
 HIDDEN = 128
+# Width of each FID tap: the hidden layer, then the middle and the first convolution block.
+FEATURE_DIMS = {"fid": HIDDEN, "fid_mid": WIDTHS[1], "fid_low": WIDTHS[0]}
 MAX_SIZE = 64  # larger images are resized down: the network reads coarse findings
 BATCH = 32
 LR = 2e-3
@@ -117,7 +119,7 @@ class ReferenceModel:
 
     @property
     def dims(self) -> dict[str, int]:
-        return {"fid": HIDDEN, "fid_mid": WIDTHS[1], "fid_low": WIDTHS[0]}
+        return dict(FEATURE_DIMS)
 
     def load(self, paths: Sequence[str | Path]) -> torch.Tensor:
         """uint8 [N, C, S, S] as the network reads them (grayscale for grayscale data)."""

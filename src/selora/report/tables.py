@@ -106,20 +106,18 @@ def method_label(method: str, variant: str = DEFAULT_VARIANT) -> str:
 # ----------------------------------------------------------------------------- configuration
 def planned_space(params: Params) -> dict[str, Any]:
     """The feature space params ask for, for tables over runs not evaluated yet."""
-    from selora.metrics.evaluate import feature_space
-    from selora.metrics.inception import TAPS
-    from selora.metrics.reference import HIDDEN, WIDTHS
+    from selora.metrics.evaluate import feature_dims, feature_space
 
     if feature_space(params) == "inception":
         return {
             "name": "inception",
             "label": "Inception-v3 (no run evaluated yet)",
-            "dims": {k: int(v) for k, v in TAPS.items()},
+            "dims": feature_dims("inception"),
         }
     return {
         "name": "reference",
         "label": "reference CNN (no run evaluated yet)",
-        "dims": {"fid": HIDDEN, "fid_mid": WIDTHS[1], "fid_low": WIDTHS[0]},
+        "dims": feature_dims("reference"),
     }
 
 
