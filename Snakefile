@@ -14,6 +14,7 @@ configfile: "params.yaml"
 # (common.smk), and so enter the rerun hashes too.
 from selora.config import apply_overrides, validate_raw
 from selora.dag import config_overrides
+from selora.schemagen import snakemake_schema
 
 OVERRIDES = config_overrides(workflow.config_settings.config)  # --config only, not --configfile
 config.update(apply_overrides(config, OVERRIDES))
@@ -22,7 +23,9 @@ config.update(apply_overrides(config, OVERRIDES))
 config.update(validate_raw(config))
 
 
-validate(config, "workflow/schemas/params.schema.yaml")
+# The committed schema, or, with plugin methods or data sets (SELORA_PLUGINS), the same file
+# rendered with them.
+validate(config, snakemake_schema())
 
 
 include: "workflow/rules/common.smk"

@@ -55,7 +55,7 @@ import torch
 from baselines import check_inputs
 
 from selora.adapters import create_adapter
-from selora.config import SeLoraConfig
+from selora.adapters.selora import SeLoraConfig
 from selora.errors import SeloraError
 from selora.io import Provenance, peak_rss_mb, write_json
 

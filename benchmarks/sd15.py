@@ -68,7 +68,8 @@ from selora import sd15
 from selora.adapters import create_adapter
 from selora.adapters.base import linear_modules
 from selora.adapters.lora import LoraAdapter
-from selora.config import SeLoraConfig, load_params
+from selora.adapters.selora import SeLoraConfig
+from selora.config import load_params
 from selora.io import Provenance, write_json
 
 SELORA = SeLoraConfig(

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from selora.config import METHOD_NAMES, load_params
+from selora.config import load_params, method_names
 from selora.io import Provenance, write_json
 from selora.runlayout import RunId
 from selora.synthetic import make_cxr
@@ -149,7 +149,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--base", default="models/tiny-sd", help="pre-trained miniature folder")
-    ap.add_argument("--methods", nargs="+", default=list(METHOD_NAMES))
+    ap.add_argument("--methods", nargs="+", default=method_names())
     ap.add_argument("--steps", type=int, default=120)
     ap.add_argument("--sd15", action="store_true", help="the GPU benchmark (SD 1.5 architecture)")
     ap.add_argument("--gpu-steps", type=int, default=30)

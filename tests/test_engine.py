@@ -17,7 +17,7 @@ import pytest
 import torch
 import yaml
 
-from selora.config import METHOD_NAMES, load_params
+from selora.config import load_params, method_names
 from selora.engine import checkpoint
 from selora.engine.sample import sample
 from selora.engine.train import TrainingDiverged, train
@@ -59,7 +59,7 @@ def trained(tiny_base, prepared, tmp_path_factory) -> dict[str, tuple]:
     """One short run per method: {method: (params, run, summary)}."""
     results = tmp_path_factory.mktemp("results")
     out = {}
-    for method in METHOD_NAMES:
+    for method in method_names():
         params = load_params(None, engine_overrides(tiny_base["path"], results))
         run = RunId(SETUP, method, "default", 0)
         out[method] = (params, run, train(params, run, data_dir=prepared, progress=False))
@@ -70,7 +70,7 @@ def _run_root(params, run) -> Path:
     return Path(params.paths.results) / "runs" / run.relpath
 
 
-@pytest.mark.parametrize("method", METHOD_NAMES)
+@pytest.mark.parametrize("method", method_names())
 def test_training_reduces_validation_loss_and_keeps_the_best_epoch(trained, method):
     params, run, summary = trained[method]
     train_dir = _run_root(params, run) / "train"

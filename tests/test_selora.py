@@ -22,8 +22,7 @@ from torch import nn
 
 from selora.adapters import create_adapter
 from selora.adapters._selora_layer import SeLoraLinear
-from selora.adapters.selora import SeLoraAdapter
-from selora.config import SeLoraConfig
+from selora.adapters.selora import SeLoraAdapter, SeLoraConfig
 from selora.errors import ConfigError
 
 

@@ -3,7 +3,9 @@
 params.yaml is the single source of truth. It is validated against the JSON schema in
 ``selora/schemas/params.schema.yaml`` (also ``workflow/schemas/`` for Snakemake), which fills the
 defaults, then turned into frozen dataclasses that reject unknown keys. Defaults live only in the
-schema, so the dataclasses declare none.
+schema, so the dataclasses declare none. The ``methods`` and ``datasets`` sections hold one
+sub-section per registered method / data set, each the class registered with it (its fields
+declare that part of the schema: :mod:`selora.sections`, :mod:`selora.schemagen`).
 
 Errors name the offending key (``methods.selora.threshold: 'abc' is not of type 'number'``) so a
 bad grid fails before any job starts.
@@ -26,9 +28,28 @@ import yaml
 
 from selora.errors import ConfigError
 
-SCHEMA_PATH = Path(__file__).parent / "schemas" / "params.schema.yaml"
-DATASET_NAMES = ("synthetic-cxr", "iu-xray", "montgomery", "patchgastric")
-METHOD_NAMES = ("lora", "adalora", "dylora", "selora")
+
+def method_names() -> list[str]:
+    """The registered methods (:mod:`selora.adapters.base`), in table order."""
+    from selora.adapters.base import method_specs
+
+    return [m.name for m in method_specs()]
+
+
+def dataset_names() -> list[str]:
+    """The registered data sets (:mod:`selora.data.registry`)."""
+    from selora.data.registry import dataset_names as names
+
+    return names()
+
+
+def _section_classes() -> dict[str, tuple[str, dict[str, type]]]:
+    """params key → (noun, registered name → its section class) for the registry-keyed sections."""
+    from selora.adapters.base import method_specs
+    from selora.data.registry import dataset_specs
+
+    return {"methods": ("method", {m.name: m.config for m in method_specs()}),
+            "datasets": ("data set", {d.name: d.source for d in dataset_specs()})}
 
 
 # ----------------------------------------------------------------------------- dataclasses
@@ -107,43 +128,6 @@ class SyntheticConfig:
 
 
 @dataclass(frozen=True)
-class SyntheticCxrSource:
-    raw: str
-
-
-@dataclass(frozen=True)
-class IuXraySource:
-    raw: str | None
-    views: str | None
-
-
-@dataclass(frozen=True)
-class MontgomerySource:
-    raw: str | None
-
-
-@dataclass(frozen=True)
-class PatchGastricSource:
-    raw: str | None
-    subtypes: list[str]
-    pairs_per_subtype: int
-
-
-@dataclass(frozen=True)
-class DatasetsConfig:
-    synthetic_cxr: SyntheticCxrSource
-    iu_xray: IuXraySource
-    montgomery: MontgomerySource
-    patchgastric: PatchGastricSource
-
-    def get(self, name: str) -> Any:
-        """The raw-data section of a data set by its params name (``iu-xray``)."""
-        if name not in DATASET_NAMES:
-            raise ConfigError(f"datasets: unknown data set {name!r}; known: {', '.join(DATASET_NAMES)}")
-        return getattr(self, name.replace("-", "_"))
-
-
-@dataclass(frozen=True)
 class Setup:
     dataset: str
     size: int
@@ -154,53 +138,38 @@ class Setup:
     max_records: int | None
 
 
-@dataclass(frozen=True)
-class LoraConfig:
-    rank: int
-    alpha: float
+class Sections(Mapping[str, Any]):
+    """A params section with one sub-section per registered name (``methods``, ``datasets``), each
+    converted to the class registered with it: ``p.methods["selora"]``, ``p.methods.selora`` or
+    ``p.datasets.get("iu-xray")``. An unknown name is a :class:`ConfigError` naming the known ones."""
 
+    def __init__(self, key: str, noun: str, items: Mapping[str, Any]) -> None:
+        self.key, self._noun, self._items = key, noun, dict(items)
 
-@dataclass(frozen=True)
-class AdaLoraConfig:
-    init_rank: int
-    target_rank: int
-    alpha: float
-    tinit: float
-    tfinal: float
-    delta_t: int
-    beta1: float
-    beta2: float
-    orth_reg_weight: float
+    def __getitem__(self, name: str) -> Any:
+        if name not in self._items:
+            raise ConfigError(f"{self.key}: unknown {self._noun} {name!r}; known: {', '.join(self._items)}")
+        return self._items[name]
 
+    def get(self, name: str) -> Any:  # type: ignore[override]  # raises instead of a default
+        return self[name]
 
-@dataclass(frozen=True)
-class DyLoraConfig:
-    rank: int
-    alpha: float
-    mode: str
+    def __getattr__(self, attr: str) -> Any:
+        if attr.startswith("_"):
+            raise AttributeError(attr)
+        return self[attr if attr in self._items else attr.replace("_", "-")]
 
+    def __contains__(self, name: object) -> bool:
+        return name in self._items
 
-@dataclass(frozen=True)
-class SeLoraConfig:
-    init_rank: int
-    threshold: float
-    test_interval: int
-    fisher: str
-    max_rank: int | None
-    scale: float
+    def __iter__(self):
+        return iter(self._items)
 
+    def __len__(self) -> int:
+        return len(self._items)
 
-@dataclass(frozen=True)
-class MethodsConfig:
-    lora: LoraConfig
-    adalora: AdaLoraConfig
-    dylora: DyLoraConfig
-    selora: SeLoraConfig
-
-    def get(self, name: str) -> Any:
-        if name not in METHOD_NAMES:
-            raise ConfigError(f"methods: unknown method {name!r}; known: {', '.join(METHOD_NAMES)}")
-        return getattr(self, name)
+    def __repr__(self) -> str:
+        return f"Sections({self.key}: {self._items!r})"
 
 
 @dataclass(frozen=True)
@@ -269,9 +238,9 @@ class Params:
     paths: Paths
     base_model: BaseModelConfig
     synthetic: SyntheticConfig
-    datasets: DatasetsConfig
+    datasets: Sections
     setups: dict[str, Setup]
-    methods: MethodsConfig
+    methods: Sections
     train: TrainConfig
     sample: SampleConfig
     evaluate: EvaluateConfig
@@ -300,11 +269,17 @@ def _inline_refs(node: Any, definitions: Mapping[str, Any]) -> Any:
     return node
 
 
-@cache
 def load_schema() -> dict[str, Any]:
-    """The schema with local ``$ref``s inlined (defaults beside a ``$ref`` are kept)."""
-    with SCHEMA_PATH.open() as f:
-        schema = yaml.safe_load(f)
+    """The schema, its registry parts rendered from the registries as they are now (with any
+    plugins), with local ``$ref``s inlined (defaults beside a ``$ref`` are kept)."""
+    from selora.schemagen import current_schema_text
+
+    return _parse_schema(current_schema_text())
+
+
+@cache
+def _parse_schema(text: str) -> dict[str, Any]:
+    schema = yaml.safe_load(text)
     return _inline_refs(schema, schema.get("$defs", {}))
 
 
@@ -385,6 +360,9 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
             if name == "raw" and tp is Params:
                 kwargs[name] = val  # the validated dict itself, kept for provenance
                 continue
+            if hints[name] is Sections:
+                kwargs[name] = _sections(str(key), val, f"{where}.{key}".lstrip("."))
+                continue
             kwargs[name] = _convert(hints[name], val, f"{where}.{key}".lstrip("."))
         missing = sorted(names - set(kwargs))
         if missing:
@@ -406,6 +384,17 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
     return value
 
 
+def _sections(key: str, value: Any, where: str) -> Sections:
+    """A registry-keyed section: each sub-section converted to the class registered for its name."""
+    noun, classes = _section_classes()[key]
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+    unknown = sorted(k for k in value if k not in classes)
+    if unknown:
+        raise ConfigError(f"{where}: unknown {noun}(s) {', '.join(map(str, unknown))}")
+    return Sections(key, noun, {k: _convert(classes[k], v, f"{where}.{k}") for k, v in value.items()})
+
+
 def _check_semantics(p: Params) -> None:
     """Cross-field rules a JSON schema cannot express."""
     for name, s in p.setups.items():
@@ -417,17 +406,10 @@ def _check_semantics(p: Params) -> None:
         total = sp.train + sp.validation + sp.test
         if abs(total - 1.0) > 1e-6:
             raise ConfigError(f"synthetic.{sect}.splits: fractions sum to {total:g}, not 1")
-    ada = p.methods.adalora
-    if ada.target_rank > ada.init_rank:
-        raise ConfigError(
-            f"methods.adalora.target_rank: {ada.target_rank} is above "
-            f"methods.adalora.init_rank {ada.init_rank}"
-        )
-    if ada.tinit + ada.tfinal >= 1:
-        raise ConfigError("methods.adalora.tinit + tfinal must leave room for budget reduction (< 1)")
-    sel = p.methods.selora
-    if sel.max_rank is not None and sel.max_rank < sel.init_rank:
-        raise ConfigError("methods.selora.max_rank: below methods.selora.init_rank")
+    for section in (p.methods, p.datasets):  # a registered class's own cross-field rules
+        for name, cfg in section.items():
+            if hasattr(cfg, "check"):
+                cfg.check(f"{section.key}.{name}")
     tiny = p.base_model.tiny
     if tiny.image_size % tiny.vae_factor:
         raise ConfigError(
@@ -448,7 +430,7 @@ def _check_semantics(p: Params) -> None:
         if name not in p.setups:
             raise ConfigError(f"experiment.setups: {name!r} is not defined under setups")
         dataset = p.setups[name].dataset
-        if dataset != "synthetic-cxr" and not p.datasets.get(dataset).raw:
+        if not p.datasets.get(dataset).raw:
             raise ConfigError(
                 f"datasets.{dataset}.raw: setup {name!r} uses {dataset} but no raw-data folder is set"
             )

@@ -185,12 +185,14 @@ def snakemake_jobs(params_files: list[Path], snakefile: Path, config: Config) ->
     created there empty, as the dry run only needs them to exist)."""
     bin_dir = Path(sys.executable).parent
     exe = shutil.which("snakemake", path=str(bin_dir)) or shutil.which("snakemake") or "snakemake"
+    from selora.data.synthetic import NAME as SYNTHETIC
+
     with tempfile.TemporaryDirectory(prefix="selora-dag-") as tmp:
         for path in params_files:
             (Path(tmp) / path).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(path, Path(tmp) / path)
         for name, source in config["datasets"].items():
-            if name != "synthetic-cxr" and source.get("raw"):
+            if name != SYNTHETIC and source.get("raw"):  # the synthetic set is a job's output
                 (Path(tmp) / source["raw"]).mkdir(parents=True, exist_ok=True)
         cmd = [exe, "-s", str(snakefile.resolve()), "--directory", tmp, "--dry-run", "--forceall",
                "--printshellcmds", "--cores", "64", "--nolock"]

@@ -4,7 +4,7 @@
 rule pretrain_base:
     input:
         natural=f"{DATA}/synthetic/natural",
-        reports=f"{DATA}/raw/synthetic-cxr",
+        reports=SYNTHETIC_RAW,
     output:
         directory(f"{MODELS}/tiny-sd"),
     params:

@@ -5,7 +5,8 @@ from pathlib import Path
 from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
 from selora import dag
-from selora.config import params_from_dict
+from selora.config import method_names, params_from_dict
+from selora.data.synthetic import NAME as SYNTHETIC
 from selora.runlayout import grid
 
 # The same params files Snakemake merged into `config`, in its precedence order (the Snakefile's
@@ -34,6 +35,7 @@ DATA = P.paths.data
 MODELS = P.paths.models
 RESULTS = P.paths.results
 LOGS = f"{RESULTS}/logs"
+SYNTHETIC_RAW = f"{DATA}/raw/{SYNTHETIC}"  # the synthetic CXR set `selora make-synthetic` writes
 ENV = "../../environment.yml"
 RUN = f"{RESULTS}/runs/{{setup}}/{{method}}/{{variant}}/seed{{seed}}"
 
@@ -44,7 +46,7 @@ TRAIN_THREADS = P.train.threads or (1 if GPU == 0 else 4)
 
 wildcard_constraints:
     setup="[^/]+",
-    method="lora|adalora|dylora|selora",
+    method="|".join(method_names()),  # the registered methods (selora.adapters.base)
     variant="default|threshold-[0-9.]+|test_interval-[0-9]+",
     seed="[0-9]+",
 
@@ -74,10 +76,10 @@ def metric_input():
 
 
 def raw_input(wildcards):
-    """The raw folder of a setup's data set: generated for synthetic-cxr, the user's otherwise."""
+    """The raw folder of a setup's data set: generated for the synthetic CXR set, the user's otherwise."""
     dataset = P.setup(wildcards.setup).dataset
-    if dataset == "synthetic-cxr":
-        return f"{DATA}/raw/synthetic-cxr"
+    if dataset == SYNTHETIC:
+        return SYNTHETIC_RAW
     return P.datasets.get(dataset).raw
 
 

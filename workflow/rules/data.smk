@@ -4,7 +4,7 @@
 rule make_synthetic:
     output:
         natural=directory(f"{DATA}/synthetic/natural"),
-        cxr=directory(f"{DATA}/raw/synthetic-cxr"),
+        cxr=directory(SYNTHETIC_RAW),
     params:
         params=PARAMS_ARGS,
         depends=job_hash("make_synthetic"),

@@ -23,6 +23,7 @@ budget of ``target_rank · n`` ranks (fewer only on importance ties) like every 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -40,6 +41,7 @@ from selora.adapters._common import (
 )
 from selora.adapters.base import Adapter, register
 from selora.errors import ConfigError
+from selora.sections import param
 
 ADAPTER = "default"
 KEYS = ("lora_A", "lora_E", "lora_B")
@@ -59,7 +61,32 @@ def schedule_steps(cfg: Any, total_steps: int) -> tuple[int, int]:
     return tinit, tfinal
 
 
-@register("adalora")
+@dataclass(frozen=True)
+class AdaLoraConfig:
+    """params ``methods.adalora``."""
+
+    init_rank: int = param(minimum=1, default=6)
+    target_rank: int = param(minimum=1, default=4)
+    alpha: float = param(exclusiveMinimum=0, default=6)
+    tinit: float = param("Warm-up before pruning, as a fraction of all steps.", minimum=0, maximum=1,
+                         default=0.1)
+    tfinal: float = param("Final fine-tuning at the target budget, as a fraction (budget reduction ≈ half "
+                          "of training, as the AdaLoRA author advises).", minimum=0, maximum=1, default=0.4)
+    delta_t: int = param("Steps between budget allocations.", minimum=1, default=10)
+    beta1: float = param(minimum=0, maximum=1, default=0.85)
+    beta2: float = param(minimum=0, maximum=1, default=0.85)
+    orth_reg_weight: float = param(minimum=0, default=0.5)
+
+    def check(self, key: str) -> None:
+        """Cross-field rules the schema cannot express, before any job starts."""
+        if self.target_rank > self.init_rank:
+            raise ConfigError(f"{key}.target_rank: {self.target_rank} is above {key}.init_rank "
+                              f"{self.init_rank}")
+        if self.tinit + self.tfinal >= 1:
+            raise ConfigError(f"{key}.tinit + tfinal must leave room for budget reduction (< 1)")
+
+
+@register("adalora", AdaLoraConfig, label="AdaLoRA", order=1)
 class AdaLoraAdapter(Adapter):
     """peft AdaLoRA with the tuner handle kept, a global budget and a foldable export."""
 

@@ -1,7 +1,9 @@
 """The adapter interface the training loop calls, and the registry of methods.
 
-One method = one module that subclasses :class:`Adapter` and registers itself by name
-(``@register("selora")``), as peft's ``register_peft_method`` does. The training loop never asks
+One method = one module that subclasses :class:`Adapter` and registers itself by name with its params
+section class and label (``@register("selora", SeLoraConfig, label="SeLoRA")``), as peft's
+``register_peft_method`` does; every name list (params schema, Snakemake wildcards, report labels)
+is derived from this registry. The training loop never asks
 which method it runs; per optimiser step it calls::
 
     adapter.before_forward(step)                 # DyLoRA: draw this step's rank; SeLoRA: arm hooks
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -39,44 +42,71 @@ from torch import nn
 
 from selora.errors import ConfigError
 
-_REGISTRY: dict[str, type[Adapter]] = {}
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """One registered method: everything outside its module that needs it reads it from here."""
+
+    name: str  # the key of params.yaml's methods section, experiment.methods and run folders
+    adapter: type[Adapter]
+    config: type  # frozen dataclass of methods.<name> (its fields declare the schema: selora.sections)
+    label: str  # the name tables, figures and the paper's published results use
+    order: int  # position in the default grid and the tables (then by name)
 
 
-def register(name: str) -> Callable[[type[Adapter]], type[Adapter]]:
-    """Class decorator: make a method available under ``name`` (the key used in params.yaml)."""
+_REGISTRY: dict[str, MethodSpec] = {}
+
+
+def register(name: str, config: type, *, label: str | None = None,
+             order: int = 100) -> Callable[[type[Adapter]], type[Adapter]]:
+    """Class decorator: make a method available under ``name`` with its params section class
+    ``config`` (as peft's ``register_peft_method(name, config_cls, model_cls)``)."""
 
     def deco(cls: type[Adapter]) -> type[Adapter]:
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
+        if name in _REGISTRY and _REGISTRY[name].adapter is not cls:
             raise ValueError(f"adapter method {name!r} is registered twice")
         cls.name = name
-        _REGISTRY[name] = cls
+        _REGISTRY[name] = MethodSpec(name, cls, config, label or name, order)
         return cls
 
     return deco
 
 
-def _load_builtin_methods() -> None:
+def _load_methods() -> None:
+    """Import the built-in method modules (each registers itself), then ``SELORA_PLUGINS``."""
     import importlib
     import pkgutil
 
     import selora.adapters as pkg
+    from selora.plugins import load_plugins
 
     for info in pkgutil.iter_modules(pkg.__path__):
         if info.name not in ("base", "export") and not info.name.startswith("_"):
             importlib.import_module(f"selora.adapters.{info.name}")
+    load_plugins()
+
+
+def method_specs() -> list[MethodSpec]:
+    """Every registered method, in table order."""
+    _load_methods()
+    return sorted(_REGISTRY.values(), key=lambda s: (s.order, s.name))
+
+
+def method_spec(name: str) -> MethodSpec:
+    _load_methods()
+    if name not in _REGISTRY:
+        raise ConfigError(f"method: unknown method {name!r}; registered: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]
 
 
 def registered_methods() -> list[str]:
-    _load_builtin_methods()
+    _load_methods()
     return sorted(_REGISTRY)
 
 
 def create_adapter(name: str, cfg: Any, *, seed: int) -> Adapter:
     """Instantiate the method registered as ``name`` with its params section ``cfg``."""
-    _load_builtin_methods()
-    if name not in _REGISTRY:
-        raise ConfigError(f"method: unknown method {name!r}; registered: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name](cfg, seed=seed)
+    return method_spec(name).adapter(cfg, seed=seed)
 
 
 def linear_modules(module: nn.Module) -> dict[str, nn.Linear]:

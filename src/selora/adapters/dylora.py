@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -36,6 +37,7 @@ from selora.adapters._common import (
 )
 from selora.adapters.base import Adapter, register
 from selora.errors import ConfigError
+from selora.sections import param
 
 MODES = ("frozen", "full")
 
@@ -91,7 +93,17 @@ class DyLoraLinear(nn.Module):
         return f"rank={self.rank}, alpha={self.alpha}, frozen={self.frozen}"
 
 
-@register("dylora")
+@dataclass(frozen=True)
+class DyLoraConfig:
+    """params ``methods.dylora``."""
+
+    rank: int = param(minimum=1, default=4)
+    alpha: float = param(exclusiveMinimum=0, default=4)
+    mode: str = param("frozen: only the drawn component learns (official default).", enum=list(MODES),
+                      default="frozen")
+
+
+@register("dylora", DyLoraConfig, label="DyLoRA", order=2)
 class DyLoraAdapter(Adapter):
     """DyLoRA on every linear layer; ``before_forward`` draws the step's rank for all layers."""
 

@@ -12,6 +12,7 @@ final ranks" of ``benchmarks/sd15.py`` (``make bench``), not a params option.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -31,11 +32,20 @@ from selora.adapters._common import (
 )
 from selora.adapters.base import Adapter, register
 from selora.errors import ConfigError
+from selora.sections import param
 
 ADAPTER = "default"
 
 
-@register("lora")
+@dataclass(frozen=True)
+class LoraConfig:
+    """params ``methods.lora``."""
+
+    rank: int = param(minimum=1, default=4)
+    alpha: float = param(exclusiveMinimum=0, default=4)
+
+
+@register("lora", LoraConfig, label="LoRA", order=0)
 class LoraAdapter(Adapter):
     """Plain LoRA; no hooks, no extra loss."""
 

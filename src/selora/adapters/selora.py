@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -48,6 +49,7 @@ from torch import nn
 from selora.adapters._selora_layer import FISHER_MODES, FisherProbe, SeLoraLinear, fisher_scores, kaiming_rows
 from selora.adapters.base import Adapter, linear_modules, register
 from selora.errors import ConfigError
+from selora.sections import param
 
 STATE_VERSION = 1
 
@@ -75,7 +77,24 @@ def check_config(cfg: Any) -> None:
         raise bad("scale", f"{cfg.scale!r} must be a positive number")
 
 
-@register("selora")
+@dataclass(frozen=True)
+class SeLoraConfig:
+    """params ``methods.selora``."""
+
+    init_rank: int = param(minimum=1, default=1)
+    threshold: float = param("λ: expand when FI_exp / FI_orig ≥ λ.", minimum=1, default=1.1)
+    test_interval: int = param("t: optimiser steps between expansion tests.", minimum=1, default=40)
+    fisher: str = param(enum=list(FISHER_MODES), default="per_sample")
+    max_rank: int | None = param("Optional per-module rank cap.", minimum=1, default=None)
+    scale: float = param("The fixed scale s of h = xW0 + s·xAB.", exclusiveMinimum=0, default=1.0)
+
+    def check(self, key: str) -> None:
+        """Cross-field rules the schema cannot express, before any job starts."""
+        if self.max_rank is not None and self.max_rank < self.init_rank:
+            raise ConfigError(f"{key}.max_rank: below {key}.init_rank")
+
+
+@register("selora", SeLoraConfig, label="SeLoRA", order=3)
 class SeLoraAdapter(Adapter):
     """SeLoRA behind the :class:`~selora.adapters.base.Adapter` interface."""
 

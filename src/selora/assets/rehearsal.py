@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from selora.assets.marker import is_current, write_marker
+from selora.data import iuxray, montgomery, patchgastric
 from selora.io import atomic_dir, file_sha256
 
 LAYOUT_VERSION = 1
@@ -57,12 +58,12 @@ def _write_generated(out: Path, name: str, what: str, records: Callable[[Any], i
 
 
 def write_montgomery_raw(out: Path) -> bool:
-    return _write_generated(out, "montgomery", "Montgomery County CXR layout with noise images and "
+    return _write_generated(out, montgomery.NAME, "Montgomery County CXR layout with noise images and "
                             "invented readings", lambda exp: len(exp.kept), **MONTGOMERY)
 
 
 def write_patchgastric_raw(out: Path) -> bool:
-    return _write_generated(out, "patchgastric", "PatchGastricADC22 layout with noise patches and "
+    return _write_generated(out, patchgastric.NAME, "PatchGastricADC22 layout with noise patches and "
                             "invented captions", lambda exp: len(exp.extra["captions"]), **PATCHGASTRIC)
 
 
@@ -99,9 +100,10 @@ def build(out: Path, cache: Path | None = None, say: Callable[[str], None] = pri
         ("sd15", out / "sd15", lambda p: write_sd15_base(p, bpe)),
         ("inception", out / "inception", write_fid_inception),
         ("clip", out / "clip", lambda p: write_small_clip(p, bpe)),
-        ("raw/iu-xray", out / "raw" / "iu-xray", lambda p: write_iu_xray_raw(p, reports, views, tsne)),
-        ("raw/montgomery", out / "raw" / "montgomery", write_montgomery_raw),
-        ("raw/patchgastric", out / "raw" / "patchgastric", write_patchgastric_raw),
+        (f"raw/{iuxray.NAME}", out / "raw" / iuxray.NAME,
+         lambda p: write_iu_xray_raw(p, reports, views, tsne)),
+        (f"raw/{montgomery.NAME}", out / "raw" / montgomery.NAME, write_montgomery_raw),
+        (f"raw/{patchgastric.NAME}", out / "raw" / patchgastric.NAME, write_patchgastric_raw),
     ]
     done = []
     for name, path, write in steps:

@@ -7,12 +7,13 @@ from __future__ import annotations
 import argparse
 
 from selora.commands import add_params_arguments, load_params_from_args
+from selora.data.synthetic import NAME as SYNTHETIC
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_params_arguments(parser)
     parser.add_argument("--natural-out", default="data/synthetic/natural", help="natural scenes folder")
-    parser.add_argument("--cxr-out", default="data/raw/synthetic-cxr", help="synthetic CXR folder")
+    parser.add_argument("--cxr-out", default=f"data/raw/{SYNTHETIC}", help="synthetic CXR folder")
     parser.add_argument("--only", choices=["natural", "cxr"], help="write only one of the two sets")
 
 

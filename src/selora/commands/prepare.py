@@ -2,8 +2,8 @@
 splits (seeded), resize + centre crop (paper B.1) into an imagefolder with metadata.jsonl, and a
 data report (data_report.md/.json: counts, prompt lengths in tokens, every skipped record).
 
-Data sets: iu-xray (NLM or Kaggle layout), montgomery, patchgastric, synthetic-cxr. With
---setup NAME the data set, size and splits come from params.setups[NAME], the raw folder from
+Data sets: every registered one (selora.data.registry; --help lists them). With --setup NAME the
+data set, size and splits come from params.setups[NAME], the raw folder from
 params.datasets.<data set>.raw and the seed from params.seed; explicit flags override them."""
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ from pathlib import Path
 
 from selora.commands import add_params_arguments
 
-DATASET_CHOICES = ("iu-xray", "montgomery", "patchgastric", "synthetic-cxr")
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from selora.data.registry import dataset_names
+
     add_params_arguments(parser)
     parser.add_argument("--setup", help="a key of params.setups (data set, size, splits)")
-    parser.add_argument("--dataset", choices=DATASET_CHOICES, help="data set (or from --setup)")
+    parser.add_argument("--dataset", choices=dataset_names(), help="data set (or from --setup)")
     parser.add_argument("--raw", help="the downloaded, unpacked folder (default: params.datasets.<name>.raw)")
     parser.add_argument("--out", required=True, help="output folder (written atomically)")
     parser.add_argument("--size", type=int, help="pixels after resize + centre crop, a multiple of 8 "
@@ -52,7 +52,7 @@ def load_params(args: argparse.Namespace):
 
 def options_from_args(args: argparse.Namespace, params):
     """Resolve the setup, params and explicit flags (flags win) into :class:`PrepareOptions`."""
-    from selora.data import PAPER_SIZE, PrepareOptions, default_splits, parse_splits
+    from selora.data import PrepareOptions, default_splits, paper_size, parse_splits
     from selora.data.images import usable_cpus
     from selora.errors import ConfigError
 
@@ -65,7 +65,7 @@ def options_from_args(args: argparse.Namespace, params):
         max_records = setup.max_records
     elif args.dataset:
         dataset = args.dataset
-        size = args.size or PAPER_SIZE[dataset]
+        size = args.size or paper_size(dataset)
         splits = default_splits(dataset, size)
         max_records = None
     else:
@@ -76,7 +76,7 @@ def options_from_args(args: argparse.Namespace, params):
     raw = args.raw or source.raw
     if not raw:
         raise ConfigError(f"no raw data folder for {dataset}: pass --raw DIR or set datasets.{dataset}.raw")
-    views = args.views or (source.views if dataset == "iu-xray" else None)
+    views = args.views or getattr(source, "views", None)  # the data set's own options, where it has them
     tokenizer, note = args.tokenizer, ""
     if tokenizer is None:
         tokenizer, note = _base_tokenizer(params)
@@ -84,7 +84,7 @@ def options_from_args(args: argparse.Namespace, params):
         dataset=dataset, raw=Path(raw), out=Path(args.out), size=size,
         seed=params.seed if args.seed is None else args.seed, splits=splits,
         views=Path(views) if views else None,
-        subtypes=tuple(args.subtype or (source.subtypes if dataset == "patchgastric" else ())),
+        subtypes=tuple(args.subtype or getattr(source, "subtypes", ())),
         pairs_per_subtype=args.pairs_per_subtype or getattr(source, "pairs_per_subtype", 1000),
         max_records=max_records if args.max_records is None else args.max_records,
         tokenizer=tokenizer, tokenizer_note=note, workers=args.workers or min(usable_cpus(), 8),

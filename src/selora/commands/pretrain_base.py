@@ -7,12 +7,13 @@ from __future__ import annotations
 import argparse
 
 from selora.commands import add_params_arguments, load_params_from_args
+from selora.data.synthetic import NAME as SYNTHETIC
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_params_arguments(parser)
     parser.add_argument("--data", default="data/synthetic/natural", help="natural scenes (make-synthetic)")
-    parser.add_argument("--reports", default="data/raw/synthetic-cxr",
+    parser.add_argument("--reports", default=f"data/raw/{SYNTHETIC}",
                         help="a prepared/synthetic set whose texts join the tokenizer corpus ('' = none)")
     parser.add_argument("--out", default=None, help="output folder (default: <paths.models>/tiny-sd)")
 

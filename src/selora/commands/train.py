@@ -13,7 +13,7 @@ from selora.commands import add_params_arguments
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """--setup/--method/--seed/--variant/--run-dir: which run (shared with `selora sample`)."""
     parser.add_argument("--setup", required=True, help="a key of params.setups, e.g. synthetic-cxr-32")
-    parser.add_argument("--method", required=True, help="lora | adalora | dylora | selora")
+    parser.add_argument("--method", required=True, help="a registered method (params methods.<name>)")
     parser.add_argument("--seed", type=int, required=True)
     parser.add_argument("--variant", default="default",
                         help="'default', or a SeLoRA ablation point: threshold-<λ> / test_interval-<t>")

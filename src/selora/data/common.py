@@ -202,6 +202,7 @@ class PrepareOptions:
     size: int
     seed: int
     splits: dict[str, float]
+    # A data set's own options (DatasetSpec.options): only the data sets that read one record it.
     views: Path | None = None  # IU X-Ray, NLM layout: image id → view position table
     subtypes: tuple[str, ...] = ()  # PatchGastricADC22
     pairs_per_subtype: int = 1000  # PatchGastricADC22
@@ -217,11 +218,9 @@ class PrepareOptions:
             "dataset": self.dataset, "raw": str(self.raw), "size": self.size, "seed": self.seed,
             "splits": dict(self.splits), "tokenizer": self.tokenizer,
         }
-        if self.dataset == "iu-xray":
-            out["views"] = str(self.views) if self.views else None
-        if self.dataset == "patchgastric":
-            out["subtypes"] = list(self.subtypes)
-            out["pairs_per_subtype"] = self.pairs_per_subtype
+        from selora.data.registry import dataset_spec, option_values
+
+        out.update(option_values(dataset_spec(self.dataset), self))  # the options its parser reads
         if self.max_records is not None:  # absent when unset: fingerprints of uncapped sets unchanged
             out["max_records"] = self.max_records
         return out

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 from selora.data.common import (
@@ -55,7 +56,28 @@ from selora.data.common import (
     read_csv_rows,
     require_dir,
 )
+from selora.data.registry import DatasetSpec, register_dataset
 from selora.errors import DatasetFormatError
+from selora.sections import param
+
+NAME = "iu-xray"
+
+
+@dataclass(frozen=True)
+class IuXraySource:
+    """params ``datasets.iu-xray``."""
+
+    raw: str | None = param("NLM (ecgen-radiology/ + PNGs) or Kaggle (indiana_*.csv + images/) layout.",
+                            default=None)
+    views: str | None = param("NLM layout: a CSV of image id → view position (e.g. torchxrayvision's "
+                              "nlmcxr_dicom_metadata.csv.gz).", default=None)
+
+
+def default_splits(size: int) -> dict[str, float]:
+    """80/16/4 at 224 px (Section 3.4), 70/10/20 at 384 px (Appendix C.1)."""
+    if size != 384:
+        return {"train": 0.8, "validation": 0.16, "test": 0.04}
+    return {"train": 0.7, "validation": 0.1, "test": 0.2}
 
 FRONTAL = {"PA", "AP", "FRONTAL", "AP SUPINE", "AP ERECT", "PA ERECT", "POSTEROANTERIOR",
            "ANTEROPOSTERIOR"}
@@ -323,3 +345,8 @@ def _kaggle_candidate(uid: str, where: str, row: dict[str, str], images: list[tu
                        extra={"image_id": n}) for n, p in present]
     cands[0].fallbacks = cands[1:]
     return cands[0]
+
+
+register_dataset(DatasetSpec(NAME, IuXraySource, collect, label="IU X-Ray", paper_size=224,
+                             default_splits=default_splits, options=("views",),
+                             paper_tables={224: "Table 1", 384: "Table 5"}))

@@ -19,10 +19,22 @@ Labels: ``{"tb": 0|1, "sex": ..., "age": int, "no_report": bool}``.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from selora.data.common import Candidate, PrepareOptions, SkipLog, clean_text, find_path, require_dir
+from selora.data.registry import DatasetSpec, register_dataset
 from selora.errors import DatasetFormatError
+from selora.sections import param
+
+NAME = "montgomery"
+
+
+@dataclass(frozen=True)
+class MontgomerySource:
+    """params ``datasets.montgomery``."""
+
+    raw: str | None = param("The unpacked MontgomerySet/ folder.", default=None)
 
 SEX = {"M": "Male", "F": "Female", "O": "Other"}
 _SEX_LINE = re.compile(r"^\s*patient'?s\s+sex\s*:(.*)$", re.IGNORECASE)
@@ -123,3 +135,8 @@ def _candidate(path: Path, image: Path, log: SkipLog) -> Candidate | None:
         labels={"tb": int(m.group(2)), "sex": sex, "age": age, "no_report": no_report},
         extra={"same_patient_as": same_patient or ""},  # "" not null: one column type in every split
     )
+
+
+register_dataset(DatasetSpec(NAME, MontgomerySource, collect, label="Montgomery CXR", paper_size=224,
+                             default_splits=lambda size: {"train": 0.8, "test": 0.2},  # no validation
+                             paper_tables={224: "Table 2"}))

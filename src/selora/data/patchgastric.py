@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections import Counter, defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -37,8 +38,37 @@ from selora.data.common import (
     read_csv_rows,
     require_dir,
 )
+from selora.data.registry import DatasetSpec, register_dataset
 from selora.errors import ConfigError, DatasetFormatError
+from selora.sections import param
 from selora.splits import assign_group_splits, split_sizes
+
+NAME = "patchgastric"
+PAPER_SUBTYPES = [
+    "Moderately differentiated tubular adenocarcinoma",
+    "Well differentiated tubular adenocarcinoma",
+    "Moderately to poorly differentiated adenocarcinoma",
+    "Poorly differentiated adenocarcinoma, solid type",
+    "Poorly differentiated adenocarcinoma, non-solid type",
+]
+
+
+@dataclass(frozen=True)
+class PatchGastricSource:
+    """params ``datasets.patchgastric``."""
+
+    raw: str | None = param("Folder with captions.csv and patches/.", default=None)
+    subtypes: list[str] = param(minItems=1, default=PAPER_SUBTYPES)  # noqa: RUF009 - a field(), no default
+    pairs_per_subtype: int = param(minimum=1, default=1000)
+
+
+def check_options(opts: PrepareOptions) -> None:
+    """Options this data set needs: its subtypes and pair count (its own sample size)."""
+    if not opts.subtypes or opts.pairs_per_subtype < 1:
+        raise ConfigError(f"datasets.{NAME}: give at least one subtype and pairs_per_subtype >= 1")
+    if opts.max_records is not None:
+        raise ConfigError("max_records: PatchGastricADC22 draws its own count per subtype; set "
+                          f"datasets.{NAME}.pairs_per_subtype instead")
 
 
 def _stable_int(text: str) -> int:
@@ -150,3 +180,8 @@ def plan(candidates: list[Candidate], opts: PrepareOptions, log: SkipLog) -> lis
                               size=len(pool), split=split, quota=quota))
         log.note(f"{subtype}: " + "; ".join(layout))
     return pools
+
+
+register_dataset(DatasetSpec(NAME, PatchGastricSource, collect, label="PatchGastricADC22", paper_size=384,
+                             plan=plan, check=check_options, options=("subtypes", "pairs_per_subtype"),
+                             paper_tables={384: "Table 6"}))

@@ -16,39 +16,33 @@ import itertools
 import json
 import os
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
-from selora.data import iuxray, montgomery, patchgastric, synthetic
 from selora.data.common import Candidate, Pool, PrepareOptions, SkipLog, dedupe
 from selora.data.images import OrderedPool, process_first_usable
+from selora.data.registry import dataset_spec
 from selora.data.report import count_tokens, length_stats, load_tokenizer, summarise, to_markdown
 from selora.errors import ConfigError, DatasetFormatError
 from selora.imagefolder import MANIFEST, SPLITS, image_folder, split_hash
 from selora.io import Provenance, write_json, write_text
 from selora.splits import assign_splits, split_sizes
 
-DATASETS: dict[str, ModuleType] = {
-    "iu-xray": iuxray, "montgomery": montgomery, "patchgastric": patchgastric, "synthetic-cxr": synthetic,
-}
-# The paper's image size per data set (Section 3.5, Appendix C); synthetic-cxr: the embedded default.
-PAPER_SIZE = {"iu-xray": 224, "montgomery": 224, "patchgastric": 384, "synthetic-cxr": 32}
 REPORT_JSON, REPORT_MD = "data_report.json", "data_report.md"
 FORMAT_VERSION = 2  # bump when the output for the same inputs changes
 CAP_STREAM = 0xCA9  # the record cap's random stream, apart from the splits' (same seed)
 
 
 def default_splits(dataset: str, size: int) -> dict[str, float]:
-    """The paper's split for a data set and size: IU X-Ray 80/16/4 (224 px; Section 3.4) or 70/10/20
-    (384 px; Appendix C.1), Montgomery 80/20 without validation, PatchGastricADC22 70/10/20."""
-    if dataset == "montgomery":
-        return {"train": 0.8, "test": 0.2}
-    if dataset == "iu-xray" and size != 384:
-        return {"train": 0.8, "validation": 0.16, "test": 0.04}
-    return {"train": 0.7, "validation": 0.1, "test": 0.2}
+    """The paper's split for a data set and size (each data set's registration says it)."""
+    return dataset_spec(dataset).default_splits(size)
+
+
+def paper_size(dataset: str) -> int:
+    """The paper's image size for a data set (Section 3.5, Appendix C), as registered."""
+    return dataset_spec(dataset).paper_size
 
 
 def parse_splits(text: str) -> dict[str, float]:
@@ -64,8 +58,7 @@ def parse_splits(text: str) -> dict[str, float]:
 
 
 def check_options(opts: PrepareOptions) -> None:
-    if opts.dataset not in DATASETS:
-        raise ConfigError(f"unknown data set {opts.dataset!r}; known: {', '.join(DATASETS)}")
+    spec = dataset_spec(opts.dataset)  # unknown: ConfigError naming the registered ones
     if opts.size < 8 or opts.size % 8:
         raise ConfigError(f"size {opts.size}: must be a positive multiple of 8 (the VAE downsamples by 8)")
     unknown = [k for k in opts.splits if k not in SPLITS]
@@ -75,13 +68,10 @@ def check_options(opts: PrepareOptions) -> None:
         raise ConfigError(f"splits {opts.splits}: fractions must lie in [0, 1] and sum to 1")
     if opts.splits.get("train", 0) <= 0 or opts.splits.get("test", 0) <= 0:
         raise ConfigError(f"splits {opts.splits}: train and test need a fraction above 0")
-    if opts.dataset == "patchgastric" and (not opts.subtypes or opts.pairs_per_subtype < 1):
-        raise ConfigError("datasets.patchgastric: give at least one subtype and pairs_per_subtype >= 1")
     if opts.max_records is not None and opts.max_records < 1:
         raise ConfigError(f"max_records {opts.max_records}: give at least 1, or none for every record")
-    if opts.max_records is not None and opts.dataset == "patchgastric":
-        raise ConfigError("max_records: PatchGastricADC22 draws its own count per subtype; set "
-                          "datasets.patchgastric.pairs_per_subtype instead")
+    if spec.check is not None:
+        spec.check(opts)
 
 
 def prepare(opts: PrepareOptions, progress: bool = False) -> tuple[dict[str, Any], bool]:
@@ -89,15 +79,15 @@ def prepare(opts: PrepareOptions, progress: bool = False) -> tuple[dict[str, Any
     check_options(opts)
     splits = {k: v for k, v in opts.splits.items() if v > 0}
     opts = dataclasses.replace(opts, splits={s: splits[s] for s in SPLITS if s in splits})
-    module = DATASETS[opts.dataset]
+    spec = dataset_spec(opts.dataset)
     log = SkipLog()
-    candidates, layout = module.collect(opts, log)
+    candidates, layout = spec.collect(opts, log)
     candidates = dedupe(candidates, log)
     fingerprint = input_fingerprint(opts, layout, candidates, log)
     if not opts.force and (existing := _existing_report(opts.out, fingerprint)) is not None:
         return existing, False
-    if hasattr(module, "plan"):
-        pools = module.plan(candidates, opts, log)
+    if spec.plan is not None:
+        pools = spec.plan(candidates, opts, log)
     elif opts.max_records is not None and opts.max_records < len(candidates):
         pools = [capped_pool(candidates, opts.max_records, opts.seed)]
     else:

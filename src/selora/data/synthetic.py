@@ -9,10 +9,24 @@ are — the metrics phase reads the labels back.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
+from selora.data import iuxray
 from selora.data.common import Candidate, PrepareOptions, SkipLog, clean_text, natural_key, require_dir
+from selora.data.registry import DatasetSpec, register_dataset
 from selora.errors import DatasetFormatError
 from selora.imagefolder import MANIFEST, SPLITS
+from selora.sections import param
+from selora.synthetic.cxr import FINDINGS
+
+NAME = "synthetic-cxr"
+
+
+@dataclass(frozen=True)
+class SyntheticCxrSource:
+    """params ``datasets.synthetic-cxr``: where ``selora make-synthetic`` writes the set."""
+
+    raw: str = param(default=f"data/raw/{NAME}")
 
 
 def collect(opts: PrepareOptions, log: SkipLog) -> tuple[list[Candidate], str]:
@@ -50,3 +64,8 @@ def collect(opts: PrepareOptions, log: SkipLog) -> tuple[list[Candidate], str]:
     out.sort(key=lambda c: natural_key(c.source_id))
     log.note(f"Re-split from {raw} (its own splits are ignored); texts and labels carried unchanged.")
     return out, "imagefolder"
+
+
+# The embedded default: its phantoms stand in for IU X-Ray's frontal radiographs at the paper's 224 px.
+register_dataset(DatasetSpec(NAME, SyntheticCxrSource, collect, label="synthetic CXR", paper_size=32,
+                             stands_in_for=(iuxray.NAME, 224), findings=FINDINGS))

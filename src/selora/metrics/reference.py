@@ -46,10 +46,11 @@ LabelSchema = dict[str, tuple[str, ...]]
 def label_schema(dataset: str, rows: Sequence[Mapping[str, Any]]) -> LabelSchema:
     """The categorical labels the network learns: FINDINGS for the synthetic CXR set, otherwise
     every label key present in all rows with 2–20 distinct scalar values (empty = none usable)."""
-    if dataset == "synthetic-cxr":
-        from selora.synthetic.cxr import FINDINGS
+    from selora.data.registry import dataset_specs
 
-        return {k: tuple(v) for k, v in FINDINGS.items()}
+    fixed = next((d.findings for d in dataset_specs() if d.name == dataset), None)  # as registered
+    if fixed is not None:
+        return {k: tuple(v) for k, v in fixed.items()}
     if not rows:
         return {}
     keys = set.intersection(*(set((r.get("labels") or {}).keys()) for r in rows))

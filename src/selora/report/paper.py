@@ -25,8 +25,19 @@ from selora.report.collect import Collected
 from selora.report.tables import GENERATED_NOTE, feature_space_of, hms, paper_counterpart
 from selora.runlayout import DEFAULT_VARIANT, variant_name
 
-DATASETS = {"IU X-Ray": "iu-xray", "Montgomery CXR": "montgomery", "PatchGastricADC22": "patchgastric"}
-METHODS = {"LoRA": "lora", "AdaLoRA": "adalora", "DyLoRA": "dylora", "SeLoRA": "selora"}
+
+def dataset_by_label() -> dict[str, str]:
+    """The paper's data-set names (published_results.csv) → ours, as the data sets register them."""
+    from selora.data.registry import dataset_specs
+
+    return {d.label: d.name for d in dataset_specs()}
+
+
+def method_by_label() -> dict[str, str]:
+    """The paper's method names → ours, as the methods register them."""
+    from selora.adapters.base import method_specs
+
+    return {m.label: m.name for m in method_specs()}
 
 
 @dataclass(frozen=True)
@@ -58,7 +69,7 @@ def published() -> pd.DataFrame:
 def _method(text: str, params: Params) -> tuple[str, str]:
     """("SeLoRA lambda=1.3") → ("selora", "threshold-1.3"); plain names → default variant."""
     name, _, lam = text.partition(" lambda=")
-    method = METHODS[name]
+    method = method_by_label()[name]
     if not lam:
         return method, DEFAULT_VARIANT
     value = float(lam)
@@ -97,10 +108,11 @@ def comparison(params: Params, col: Collected) -> pd.DataFrame:
     from selora.assets.marker import placeholder_inputs
 
     placeholders = placeholder_inputs(params)
+    datasets = dataset_by_label()
     rows = []
     for r in published().itertuples(index=False):
         metric = METRICS[r.metric]
-        dataset = DATASETS[r.dataset]
+        dataset = datasets[r.dataset]
         setup, not_exact = _our_setup(params, dataset, int(r.resolution))
         method, variant = _method(r.method, params)
         seeds = (
