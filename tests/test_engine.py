@@ -242,3 +242,27 @@ def test_a_changed_config_retrains_instead_of_resuming_a_stale_checkpoint(tiny_b
     second = train(load_params(None, [*base, "train.lr=1.0e-3"]), run, data_dir=prepared, progress=False)
     assert second["config_hash"] != first["config_hash"] and second["steps"] == 3
     assert second["run_config"]["train"]["lr"] == 1e-3
+
+
+@pytest.mark.parametrize("setting", ["train.device", "--device"])
+def test_one_device_resolver_names_the_setting_to_change(monkeypatch, setting):
+    """Training, sampling and `selora evaluate` resolve devices alike; a bad one is a ConfigError."""
+    from selora.engine.device import resolve_device
+    from selora.errors import ConfigError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto", setting) == resolve_device("cpu", setting) == torch.device("cpu")
+    with pytest.raises(ConfigError, match=f"^{setting} is 'cuda:1' but CUDA is not available on this"):
+        resolve_device("cuda:1", setting)
+    with pytest.raises(ConfigError, match=f"^{setting} is 'gpu', which is not a device"):
+        resolve_device("gpu", setting)
+
+
+def test_evaluate_refuses_cuda_where_there_is_none_before_any_work(monkeypatch, capsys, tmp_path):
+    from selora.cli import main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    params = Path(__file__).resolve().parents[1] / "params.yaml"
+    code = main(["evaluate", "--params", str(params), "--run-dir", str(tmp_path / "absent"),
+                 "--device", "cuda"])
+    assert code == 2 and "--device is 'cuda' but CUDA is not available" in capsys.readouterr().err

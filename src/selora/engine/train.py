@@ -31,7 +31,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import psutil
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
@@ -48,6 +47,7 @@ from selora.engine.data import (
     epoch_order,
     validation_draws,
 )
+from selora.engine.device import memory_mb, resolve_device
 from selora.engine.logs import RunLogs, write_csv
 from selora.errors import DatasetFormatError, SeloraError
 from selora.imagefolder import read_manifest
@@ -65,28 +65,11 @@ from selora.runlayout import RunId, config_hash, prepared_dir, run_config, run_d
 PARAMETER_COLUMNS = ("part", "base_parameters", "trainable_parameters", "effective_parameters",
                      "trainable_percent", "effective_percent", "adapted_layers")
 FAULT_KILL_ENV = "SELORA_FAULT_KILL_AFTER_STEP"  # testing hook: SIGKILL self after this step
+__all__ = ["TrainingDiverged", "resolve_device", "train"]  # resolve_device: selora.engine.sample's
 
 
 class TrainingDiverged(SeloraError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SeloraError(f"train.device is {name!r} but CUDA is not available on this machine")
-    return device
-
-
-def memory_mb(device: torch.device) -> float:
-    """CUDA: peak allocated since the last reading; CPU: current resident set size."""
-    if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated(device) / 2**20
-        torch.cuda.reset_peak_memory_stats(device)
-        return round(peak, 1)
-    return round(psutil.Process().memory_info().rss / 2**20, 1)
 
 
 def diffusion_loss(parts: dict[str, torch.nn.Module], scheduler, latents: torch.Tensor,
