@@ -242,3 +242,109 @@ def test_a_changed_config_retrains_instead_of_resuming_a_stale_checkpoint(tiny_b
     second = train(load_params(None, [*base, "train.lr=1.0e-3"]), run, data_dir=prepared, progress=False)
     assert second["config_hash"] != first["config_hash"] and second["steps"] == 3
     assert second["run_config"]["train"]["lr"] == 1e-3
+
+
+def _toy_run(seed: int = 0):
+    """A LoRA on two small linear stacks and its optimiser: the objects a TrainState holds."""
+    from selora.adapters import create_adapter
+
+    torch.manual_seed(0)  # the same base weights (they come from the base model, not the checkpoint)
+    parts = {"unet": torch.nn.Sequential(torch.nn.Linear(6, 10), torch.nn.ReLU(), torch.nn.Linear(10, 3)),
+             "text_encoder": torch.nn.Sequential(torch.nn.Linear(4, 5))}
+    for module in parts.values():
+        module.requires_grad_(False)
+    adapter = create_adapter("lora", load_params(None).methods.lora, seed=seed)
+    adapter.attach(parts, total_steps=8)
+    torch.manual_seed(seed)
+    params = load_params(None, ["train.mixed_precision=fp16"])  # a scaler with state of its own
+    return parts, adapter, params.train
+
+
+def _toy_steps(state, parts, n: int) -> list[float]:
+    """Steps that draw from the state's generator and from torch's global RNG, as the engine does."""
+    losses = []
+    for _ in range(n):
+        x = torch.randn(2, 6, generator=state.rng) + torch.randn(2, 6)
+        loss = parts["unet"](x).pow(2).mean() + parts["text_encoder"](x[:, :4]).pow(2).mean()
+        state.scaler.scale(loss).backward()
+        state.scaler.step(state.optimizer)
+        state.scaler.update()
+        state.lr_scheduler.step()
+        state.optimizer.zero_grad(set_to_none=True)
+        state.logs.add("steps", step=state.step, epoch=state.epoch, loss=loss.item(), lr=0.1)
+        state.step, state.batch = state.step + 1, state.batch + 1
+        losses.append(loss.item())
+    return losses
+
+
+def test_a_train_state_is_its_checkpoint_and_resumes_where_it_stopped(tmp_path):
+    """The checkpoint holds exactly TrainState's fields; restored into fresh objects, the run goes
+    on bit-identically (adapter, optimiser moments, scaler, both RNGs, position, logs)."""
+    from dataclasses import fields
+
+    from selora.engine.state import Target, TrainState
+    from selora.engine.train import build_optimiser
+
+    target = Target(out=tmp_path, data_dir=tmp_path, config={}, config_hash="c", identity={"seed": 0},
+                    identity_hash="i")
+    device = torch.device("cpu")
+    parts, adapter, tcfg = _toy_run()
+    state = TrainState.start(target, adapter, *build_optimiser(adapter, tcfg, device),
+                             rng=torch.Generator().manual_seed(3))
+    _toy_steps(state, parts, 3)
+    state.epoch, state.best_val_loss, state.best_epoch = 1, 0.25, 0
+    state.timing.append({"epoch": 0, "wall_s": 1.0})
+    state.scaler.update(new_scale=1024.0)  # as after overflows (the initial scale is 65536)
+    state.save(tmp_path)
+    saved = checkpoint.read(tmp_path / checkpoint.FILENAME)
+    assert set(saved) == {f.name for f in fields(TrainState)}
+    assert state.clock["checkpoint_s"] > 0 and saved["clock"]["checkpoint_s"] == 0  # counted after
+    expected = _toy_steps(state, parts, 3)
+
+    parts2, adapter2, _ = _toy_run(seed=1)  # other adapter weights and RNG: all must come from disk
+    TrainState.restore_adapter(adapter2, saved)
+    resumed = TrainState.start(target, adapter2, *build_optimiser(adapter2, tcfg, device),
+                               rng=torch.Generator().manual_seed(4))
+    resumed.restore(saved)
+    assert (resumed.step, resumed.epoch, resumed.batch, resumed.best_val_loss, resumed.best_epoch) == (
+        3, 1, 3, 0.25, 0)
+    assert resumed.scaler.get_scale() == 1024.0
+    assert _toy_steps(resumed, parts2, 3) == expected
+    assert resumed.logs.rows == state.logs.rows and resumed.timing == state.timing
+    assert resumed.lr_scheduler.last_epoch == state.lr_scheduler.last_epoch == 6
+    after, after2 = adapter.state_dict(), adapter2.state_dict()
+    assert all(torch.equal(a, b) for a, b in zip(_tensors(after), _tensors(after2), strict=True))
+
+
+def _tensors(tree) -> list[torch.Tensor]:
+    if isinstance(tree, torch.Tensor):
+        return [tree]
+    if isinstance(tree, dict):
+        return [t for k in sorted(tree) for t in _tensors(tree[k])]
+    if isinstance(tree, (list, tuple)):
+        return [t for v in tree for t in _tensors(v)]
+    return []
+
+
+@pytest.mark.parametrize("setting", ["train.device", "--device"])
+def test_one_device_resolver_names_the_setting_to_change(monkeypatch, setting):
+    """Training, sampling and `selora evaluate` resolve devices alike; a bad one is a ConfigError."""
+    from selora.engine.device import resolve_device
+    from selora.errors import ConfigError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto", setting) == resolve_device("cpu", setting) == torch.device("cpu")
+    with pytest.raises(ConfigError, match=f"^{setting} is 'cuda:1' but CUDA is not available on this"):
+        resolve_device("cuda:1", setting)
+    with pytest.raises(ConfigError, match=f"^{setting} is 'gpu', which is not a device"):
+        resolve_device("gpu", setting)
+
+
+def test_evaluate_refuses_cuda_where_there_is_none_before_any_work(monkeypatch, capsys, tmp_path):
+    from selora.cli import main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    params = Path(__file__).resolve().parents[1] / "params.yaml"
+    code = main(["evaluate", "--params", str(params), "--run-dir", str(tmp_path / "absent"),
+                 "--device", "cuda"])
+    assert code == 2 and "--device is 'cuda' but CUDA is not available" in capsys.readouterr().err

@@ -44,24 +44,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
 
 
-def _device(name: str) -> str:
-    import torch
-
-    from selora.errors import ConfigError
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name}: CUDA is not available on this machine")
-    return name
-
-
 def run(args: argparse.Namespace) -> int:
+    from selora.engine.device import resolve_device
     from selora.errors import ConfigError
     from selora.metrics.evaluate import evaluate_run, fit_setup
 
     params = load_params_from_args(args)
-    device = _device(args.device)
+    device = str(resolve_device(args.device, "--device"))  # the one resolver training uses too
     if args.fit_reference:
         if not args.setup:
             raise ConfigError("--fit-reference needs --setup NAME")

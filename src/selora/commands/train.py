@@ -1,7 +1,8 @@
 """Fine-tune one adapter (lora, adalora, dylora, selora) on one prepared setup, following the
 paper's protocol (Section 3.5): adapters in every linear layer of the U-Net and text encoder,
-Adam lr 1e-4, validation each epoch keeping the best adapter as a standard LoRA file. Resumes
-from results/runs/<setup>/<method>/<variant>/seed<N>/train/checkpoint when restarted."""
+Adam with the params' train.lr / train.betas / train.weight_decay, validation each epoch keeping
+the best adapter as a standard LoRA file. Resumes from
+results/runs/<setup>/<method>/<variant>/seed<N>/train/checkpoint when restarted."""
 
 from __future__ import annotations
 

@@ -1,8 +1,7 @@
 """Full, resumable training state in one file, written atomically and verified before it is trusted.
 
-``train/checkpoint/state.pt`` holds the adapter (incl. current ranks), optimiser, LR scheduler,
-grad scaler, every RNG state, the data position (epoch, batch within epoch, global step), the best
-validation loss so far, the logs so far and the run's identity (params, data, base model, seeds).
+``train/checkpoint/state.pt`` holds a :class:`selora.engine.state.TrainState`, whose fields list
+what that is (adapter, optimiser, RNG states, data position, logs, the run's identity, ...).
 It is ``torch.save`` output followed by a footer with the SHA-256 of those bytes, written last:
 a truncated file or flipped bytes fail the check instead of loading silently. It is written to a
 temporary file, fsynced and renamed, so a job killed at any instant leaves a complete checkpoint;
@@ -36,6 +35,7 @@ class CorruptCheckpoint(SeloraError):
 
 
 def rng_state(generators: dict[str, torch.Generator]) -> dict[str, Any]:
+    """torch's global (and CUDA's) RNG states with those of ``generators``, by name."""
     state: dict[str, Any] = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -44,6 +44,7 @@ def rng_state(generators: dict[str, torch.Generator]) -> dict[str, Any]:
 
 
 def restore_rng(state: dict[str, Any], generators: dict[str, torch.Generator]) -> None:
+    """Undo :func:`rng_state`: the global states, and each named generator's."""
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
