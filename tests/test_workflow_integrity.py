@@ -74,7 +74,7 @@ def test_snakemake_rerun_after_the_data_changed_retrains(tmp_path, synthetic_dir
     _change_the_training_images(wd)
     again = snakemake("--cores", "1", target, cwd=wd, timeout=900)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert job_counts(again.stdout + again.stderr).get("train") == 1
+    assert job_counts(f"{again.stdout}\n{again.stderr}").get("train") == 1  # the job list of the run's log
     log = (wd / "results" / "logs" / "train" / SETUP / "lora" / "default" / "seed0.log").read_text()
     assert "discarding" in log and "data changed" in log
     new = _adapter_digest(wd / RUN)
