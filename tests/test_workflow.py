@@ -1,7 +1,7 @@
 """The workflow: Snakemake DAG (default, paper scale, SLURM profile), lint, bad params, `--config`
 overrides, dvc.yaml generated from the Snakemake DAG (current, same jobs, same rerun decisions), a
-fresh clone that DVC accepts as it is, the conda env file, and a real end-to-end run of a reduced
-embedded grid.
+fresh clone that DVC accepts as it is, the conda env file, the `.test/` overlays a user can run, and
+a real end-to-end run of the reduced embedded grid (.test/config-reduced.yaml).
 
 Jobs are counted from the job list of Snakemake's dry run as `selora dvc-yaml` reads it
 (selora.dag.parse_dry_run), not from its "Job stats" table."""
@@ -279,16 +279,53 @@ def test_conda_rules_find_the_selora_cli_without_the_package_installed(tmp_path)
     assert "selora is a function" in res.stdout and "--configfile" in res.stdout
 
 
-REDUCED = {  # the embedded grid, shrunk: one seed, one extra λ and t, a few steps
-    "synthetic": {"cxr": {"n_images": 120, "size": 32}},
-    "setups": {"synthetic-cxr-32": {"dataset": "synthetic-cxr", "size": 32, "batch_size": 8, "epochs": 2,
-                                    "splits": {"train": 0.7, "validation": 0.1, "test": 0.2}}},
-    "methods": {"selora": {"test_interval": 4}, "adalora": {"delta_t": 2}},
-    "train": {"checkpoint_every": 5, "memory_every": 5},
-    "sample": {"steps": 3},
-    "evaluate": {"reference_steps": 300, "min_finding_accuracy": 0.5, "kid_subset_size": 10},
-    "experiment": {"seeds": [0], "ablation": {"seeds": [0], "threshold": [1.3], "test_interval": [8]}},
+REDUCED_CONFIG = ".test/config-reduced.yaml"  # the embedded grid, shrunk: one seed, one extra λ and t
+REDUCED = yaml.safe_load((ROOT / REDUCED_CONFIG).read_text())
+
+
+def _leaves(node: object, prefix: str = "") -> dict[str, object]:
+    if isinstance(node, dict):
+        return {k: v for key, val in node.items() for k, v in _leaves(val, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): node}
+
+
+# Each `.test/` overlay of params.yaml → the leaves its comment says it changes, and its grid's size.
+# A leaf beyond these would make it another pipeline, not a smaller one.
+SHRINKS = ("synthetic.cxr.n_images", "synthetic.cxr.size", "setups.synthetic-cxr-32.epochs",
+           "methods.selora.test_interval", "methods.adalora.delta_t", "train.checkpoint_every",
+           "train.memory_every", "sample.steps", "evaluate.reference_steps",
+           "evaluate.min_finding_accuracy", "evaluate.kid_subset_size", "experiment.seeds",
+           "experiment.ablation.threshold", "experiment.ablation.test_interval")
+OVERLAYS = {
+    REDUCED_CONFIG: (SHRINKS, 6),
+    ".test/config-smoke.yaml": ((*SHRINKS, "synthetic.natural.n_images", "base_model.tiny.vae_steps",
+                                 "base_model.tiny.unet_steps", "experiment.methods"), 3),
 }
+
+
+@pytest.mark.parametrize("overlay", list(OVERLAYS))
+def test_a_test_overlay_runs_as_its_comment_says_and_changes_only_what_it_says(tmp_path, overlay):
+    """A `.test/` overlay is a config a user can copy: the command its comment gives runs (here as a
+    dry run) the grid it announces, every job reads the overlay after params.yaml, and it changes
+    exactly the leaves OVERLAYS lists for it (those its comment names, each with params.yaml's value)."""
+    changes, n_runs = OVERLAYS[overlay]
+    command = f"snakemake --cores 2 --configfile {overlay}"
+    assert f"#     {command}\n" in (ROOT / overlay).read_text()
+    full, shrunk = load_params(ROOT / "params.yaml"), load_params([ROOT / "params.yaml", ROOT / overlay])
+    before, after = _leaves(full.raw), _leaves(shrunk.raw)
+    assert set(before) == set(after)  # no key that params.yaml lacks
+    changed = {k for k in before if before[k] != after[k]}
+    assert changed == set(changes), changed ^ set(changes)
+    wd = workdir(tmp_path)
+    (wd / ".test").mkdir()
+    shutil.copy(ROOT / overlay, wd / overlay)
+    res = snakemake(*shlex.split(command)[1:], "-n", "-p", cwd=wd)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    runs = grid(shrunk)
+    assert len(runs) == n_runs and train_runs(res.stdout) == set(runs)
+    assert job_counts(res.stdout)["sample"] == job_counts(res.stdout)["evaluate"] == n_runs
+    commands = [j.command for j in parse_dry_run(res.stdout) if j.command]
+    assert commands and all(f"--params params.yaml --params {overlay} " in c for c in commands), commands
 
 
 @pytest.fixture(scope="module")
@@ -307,7 +344,8 @@ def e2e(tmp_path_factory, synthetic_dirs, tiny_base):
 
 
 def reduced_workdir(tmp: Path) -> Path:
-    """params.yaml with the REDUCED grid, and the dvc.yaml `selora dvc-yaml` generates for it."""
+    """params.yaml with the reduced grid merged in (DVC reads params.yaml alone), and the dvc.yaml
+    `selora dvc-yaml` generates for it."""
     wd = workdir(tmp)
     full = load_params(ROOT / "params.yaml").raw
     (wd / "params.yaml").write_text(yaml.safe_dump(_merge(full, REDUCED), sort_keys=False))

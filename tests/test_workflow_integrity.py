@@ -18,6 +18,8 @@ from selora.config import load_params
 
 SETUP = "synthetic-cxr-32"
 RUN = f"results/runs/{SETUP}/lora/default/seed0"
+# Over the reduced grid (.test/config-reduced.yaml): not another grid but these tests' step cap, with a
+# checkpoint inside it (the checkpoint folder is what survives a data change).
 SHORT = {"setups": {SETUP: {"max_steps": 3}}, "train": {"checkpoint_every": 2}}
 
 
