@@ -336,6 +336,10 @@ def e2e(tmp_path_factory, synthetic_dirs, tiny_base):
     shutil.copytree(synthetic_dirs["natural"], wd / "data" / "synthetic" / "natural")
     shutil.copytree(synthetic_dirs["cxr"], wd / "data" / "raw" / "synthetic-cxr")
     shutil.copytree(tiny_base["path"], wd / "models" / "tiny-sd")
+    # Newer than the data, as when pre-trained in this session: a reused SELORA_TEST_TINY_SD folder
+    # keeps its older time through copytree, and `--touch` would then run its job and record
+    # metadata, so that `--config` reruns it (test_changing_one_param_... assumes it does not).
+    os.utime(wd / "models" / "tiny-sd")
     # Adopt the copies as built (in DAG order), the way a user adopts outputs made elsewhere.
     touched = snakemake("--touch", "--cores", "1", "models/tiny-sd", cwd=wd)
     assert touched.returncode == 0, touched.stderr
