@@ -88,7 +88,7 @@ def test_snakemake_rerun_after_the_data_changed_retrains(tmp_path, synthetic_dir
 @pytest.mark.slow
 def test_dvc_repro_after_the_data_changed_retrains(tmp_path, synthetic_dirs, tiny_base):
     wd = _workdir(tmp_path / "wd", synthetic_dirs, tiny_base)
-    stage = f"train@{SETUP}-lora-0"
+    stage = f"train-{SETUP}-lora-default-seed0"  # the stage names `selora dvc-yaml` writes
     assert dvc("init", "--no-scm", "-q", cwd=wd).returncode == 0
     adopt = dvc("commit", "--force", "make_synthetic", "pretrain_base", cwd=wd)
     assert adopt.returncode == 0, adopt.stderr
@@ -98,7 +98,7 @@ def test_dvc_repro_after_the_data_changed_retrains(tmp_path, synthetic_dirs, tin
     old = _adapter_digest(wd / RUN)
 
     _change_the_training_images(wd)
-    adopt = dvc("commit", "--force", f"prepare@{SETUP}", cwd=wd)  # the new preparation, adopted
+    adopt = dvc("commit", "--force", f"prepare-{SETUP}", cwd=wd)  # the new preparation, adopted
     assert adopt.returncode == 0, adopt.stderr
     again = subprocess.run([str(BIN / "dvc"), "repro", stage], cwd=wd, env=ENV, capture_output=True,
                            text=True, timeout=900)
