@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -26,13 +29,42 @@ def test_bad_params_fail_with_the_key_and_no_traceback(capsys, tmp_path):
     assert "Traceback" not in err
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
-def test_unwritable_output_is_a_clear_error(capsys, tmp_path):
+@pytest.fixture
+def mode_bits_enforced(monkeypatch):
+    """The kernel's answer to a user without root's override of mode bits. CI runs as root, which may
+    write into a 0o500 folder: without this the unwritable-output path would never be exercised there
+    (the checks in selora.io go through os.mkdir and os.access, patched here)."""
+    real_mkdir, real_access = os.mkdir, os.access
+
+    def read_only(folder: str | os.PathLike) -> bool:
+        return Path(folder).is_dir() and not Path(folder).stat().st_mode & stat.S_IWUSR
+
+    def mkdir(path, mode=0o777, *args, **kwargs):
+        if read_only(Path(path).parent) and not Path(path).exists():
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return real_mkdir(path, mode, *args, **kwargs)
+
+    def access(path, mode, *args, **kwargs):
+        return not (mode & os.W_OK and read_only(path)) and real_access(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    monkeypatch.setattr(os, "access", access)
+
+
+@pytest.mark.parametrize(
+    ("out", "message"),
+    [("new/natural", "cannot create output folder {locked}/new: Permission denied"),
+     ("natural", "output folder {locked} is not writable")],
+    ids=["parent-not-creatable", "parent-not-writable"],
+)
+def test_unwritable_output_is_a_clear_error(capsys, tmp_path, mode_bits_enforced, out, message):
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o500)
     code = main(["make-synthetic", "--set", "synthetic.natural.n_images=4", "--only", "natural",
-                 "--natural-out", str(locked / "natural"), "--quiet"])
-    assert code == 2 and "cannot create" in capsys.readouterr().err
+                 "--natural-out", str(locked / out), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and err == f"selora make-synthetic: error: {message.format(locked=locked)}\n"
+    assert not (locked / out).exists()
 
 
 def test_output_under_a_file_is_a_clear_error(capsys, tmp_path):

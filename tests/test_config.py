@@ -91,7 +91,33 @@ def test_overrides_parse_yaml_values_and_reject_malformed(tmp_path):
         load_params(tmp_path / "missing.yaml")
 
 
-def test_schema_file_is_the_one_snakemake_validates_against():
-    wf = ROOT / "workflow" / "schemas" / "params.schema.yaml"
-    pkg = ROOT / "src" / "selora" / "schemas" / "params.schema.yaml"
-    assert yaml.safe_load(wf.read_text()) == yaml.safe_load(pkg.read_text())
+SCHEMA_VIOLATIONS = ["methods.selora.threshold=abc", "methods.selora.threshold=0.9", "methods.lora.rank=0",
+                     "train.mixed_precision=fp8", "experiment.methods=[lora,bogus]"]
+
+
+def test_snakemake_validates_against_the_schema_the_package_loads():
+    """The Snakefile's `validate()` must read the very file selora.config loads (a symlink, not a
+    copy that could drift): then both fill the same defaults and reject a bad value at the same key."""
+    import re
+
+    from snakemake.exceptions import WorkflowError
+    from snakemake.utils import validate
+
+    from selora.config import SCHEMA_PATH, apply_overrides, validate_raw
+
+    used = re.search(r'^validate\(config, "([^"]+)"\)$', (ROOT / "Snakefile").read_text(), re.M)
+    assert used, "the Snakefile no longer validates its config with snakemake.utils.validate"
+    wf = ROOT / used[1]
+    assert wf.is_symlink() and wf.resolve() == SCHEMA_PATH.resolve(), (wf, SCHEMA_PATH)
+    filled: dict = {}
+    validate(filled, str(wf))  # Snakemake fills the schema's defaults in place
+    assert filled == validate_raw({}) and filled["methods"]["selora"]["threshold"] == 1.1
+    for override in SCHEMA_VIOLATIONS:
+        key = override.split("=", 1)[0]
+        bad = apply_overrides(yaml.safe_load((ROOT / "params.yaml").read_text()), [override])
+        with pytest.raises(ConfigError, match=re.escape(key)):
+            validate_raw(bad)
+        with pytest.raises(WorkflowError) as err:
+            validate(bad, str(wf))
+        where = "".join(f"[{p!r}]" for p in key.split("."))
+        assert f"On instance{where}" in str(err.value), (override, str(err.value)[-500:])

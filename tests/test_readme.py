@@ -136,17 +136,8 @@ def test_readme_commands_run_verbatim_on_a_fresh_clone(tmp_path):
     assert paper.returncode == 0 and "train-iu-xray-224-lora-default-seed0" in paper.stdout, paper.stderr
 
 
-REDUCED = {  # a grid small enough for a real run in a few minutes
-    "synthetic": {"natural": {"n_images": 300}, "cxr": {"n_images": 120, "size": 32}},
-    "base_model": {"tiny": {"vae_steps": 30, "unet_steps": 30}},
-    "setups": {"synthetic-cxr-32": {"epochs": 1}},
-    "methods": {"selora": {"test_interval": 4}, "adalora": {"delta_t": 2}},
-    "train": {"checkpoint_every": 5, "memory_every": 5},
-    "sample": {"steps": 2},
-    "evaluate": {"reference_steps": 50, "min_finding_accuracy": 0.0, "kid_subset_size": 10},
-    "experiment": {"methods": ["lora", "selora"], "seeds": [0],
-                   "ablation": {"seeds": [0], "threshold": [1.3], "test_interval": []}},
-}
+SMOKE_CONFIG = ".test/config-smoke.yaml"  # a grid small enough for a real run in a few minutes
+REDUCED = yaml.safe_load((ROOT / SMOKE_CONFIG).read_text())
 
 
 def _merge(base: dict, over: dict) -> dict:

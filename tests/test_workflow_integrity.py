@@ -18,6 +18,8 @@ from selora.config import load_params
 
 SETUP = "synthetic-cxr-32"
 RUN = f"results/runs/{SETUP}/lora/default/seed0"
+# Over the reduced grid (.test/config-reduced.yaml): not another grid but these tests' step cap, with a
+# checkpoint inside it (the checkpoint folder is what survives a data change).
 SHORT = {"setups": {SETUP: {"max_steps": 3}}, "train": {"checkpoint_every": 2}}
 
 
@@ -74,7 +76,7 @@ def test_snakemake_rerun_after_the_data_changed_retrains(tmp_path, synthetic_dir
     _change_the_training_images(wd)
     again = snakemake("--cores", "1", target, cwd=wd, timeout=900)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert job_counts(again.stdout + again.stderr).get("train") == 1
+    assert job_counts(f"{again.stdout}\n{again.stderr}").get("train") == 1  # the job list of the run's log
     log = (wd / "results" / "logs" / "train" / SETUP / "lora" / "default" / "seed0.log").read_text()
     assert "discarding" in log and "data changed" in log
     new = _adapter_digest(wd / RUN)
@@ -86,7 +88,7 @@ def test_snakemake_rerun_after_the_data_changed_retrains(tmp_path, synthetic_dir
 @pytest.mark.slow
 def test_dvc_repro_after_the_data_changed_retrains(tmp_path, synthetic_dirs, tiny_base):
     wd = _workdir(tmp_path / "wd", synthetic_dirs, tiny_base)
-    stage = f"train@{SETUP}-lora-0"
+    stage = f"train-{SETUP}-lora-default-seed0"  # the stage names `selora dvc-yaml` writes
     assert dvc("init", "--no-scm", "-q", cwd=wd).returncode == 0
     adopt = dvc("commit", "--force", "make_synthetic", "pretrain_base", cwd=wd)
     assert adopt.returncode == 0, adopt.stderr
@@ -96,7 +98,7 @@ def test_dvc_repro_after_the_data_changed_retrains(tmp_path, synthetic_dirs, tin
     old = _adapter_digest(wd / RUN)
 
     _change_the_training_images(wd)
-    adopt = dvc("commit", "--force", f"prepare@{SETUP}", cwd=wd)  # the new preparation, adopted
+    adopt = dvc("commit", "--force", f"prepare-{SETUP}", cwd=wd)  # the new preparation, adopted
     assert adopt.returncode == 0, adopt.stderr
     again = subprocess.run([str(BIN / "dvc"), "repro", stage], cwd=wd, env=ENV, capture_output=True,
                            text=True, timeout=900)
