@@ -369,6 +369,7 @@ def test_lora_at_explicit_ranks_exports_what_it_computes(tiny_pipeline, tiny_bas
     ("methods.adalora.target_rank=0", "methods.adalora.target_rank"),
     ("methods.adalora.target_rank=7", "methods.adalora.target_rank"),
     ("methods.dylora.mode=random", "methods.dylora.mode"),
+    ("methods.adalora.beta1=1.0", "methods.adalora.beta1"),  # the adapter's rule: one declaration
     ("methods.bogus.rank=4", "bogus"),
 ])
 def test_bad_params_name_the_key(override, key):
@@ -394,8 +395,10 @@ def test_adapters_built_without_the_schema_still_reject_bad_settings(name, chang
 def test_unknown_method_and_impossible_schedule_fail_clearly():
     with pytest.raises(ConfigError, match=r"method.*'bogus'.*registered: .*adalora.*dylora.*lora"):
         create_adapter("bogus", None, seed=0)
-    ada = create_adapter("adalora", method_cfg("adalora", tinit=0.5, tfinal=0.5), seed=0)
-    with pytest.raises(ConfigError, match=r"methods\.adalora\.tinit/tfinal"):
-        ada.attach(_small_parts(), total_steps=10)
+    with pytest.raises(ConfigError, match=r"methods\.adalora\.tinit \+ tfinal"):  # no fraction left
+        create_adapter("adalora", method_cfg("adalora", tinit=0.5, tfinal=0.5), seed=0)
+    ada = create_adapter("adalora", method_cfg("adalora", tinit=0.45, tfinal=0.45), seed=0)
+    with pytest.raises(ConfigError, match=r"methods\.adalora\.tinit/tfinal"):  # no step left
+        ada.attach(_small_parts(), total_steps=4)
     with pytest.raises(ConfigError, match="optimiser steps"):
         create_adapter("adalora", method_cfg("adalora"), seed=0).attach(_small_parts(), total_steps=2)

@@ -103,12 +103,14 @@ def test_snakemake_validates_against_the_schema_the_package_loads():
     from snakemake.exceptions import WorkflowError
     from snakemake.utils import validate
 
-    from selora.config import SCHEMA_PATH, apply_overrides, validate_raw
+    from selora.config import apply_overrides, validate_raw
+    from selora.schemagen import SCHEMA_PATH, current_schema_text, snakemake_schema
 
-    used = re.search(r'^validate\(config, "([^"]+)"\)$', (ROOT / "Snakefile").read_text(), re.M)
+    used = re.search(r"^validate\(config, snakemake_schema\(\)\)$", (ROOT / "Snakefile").read_text(), re.M)
     assert used, "the Snakefile no longer validates its config with snakemake.utils.validate"
-    wf = ROOT / used[1]
+    wf = ROOT / snakemake_schema()  # without plugins: the committed file, through the workflow's symlink
     assert wf.is_symlink() and wf.resolve() == SCHEMA_PATH.resolve(), (wf, SCHEMA_PATH)
+    assert current_schema_text() == SCHEMA_PATH.read_text(encoding="utf-8")  # what selora.config reads
     filled: dict = {}
     validate(filled, str(wf))  # Snakemake fills the schema's defaults in place
     assert filled == validate_raw({}) and filled["methods"]["selora"]["threshold"] == 1.1

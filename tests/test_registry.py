@@ -170,3 +170,30 @@ def test_without_the_plugins_their_names_are_unknown(bad, monkeypatch):
     monkeypatch.delenv("SELORA_PLUGINS", raising=False)
     with pytest.raises(Exception, match="toylora"):
         load_params(ROOT / "params.yaml", [bad])
+
+
+def test_every_declared_bound_binds_params_files_and_adapters_built_directly():
+    """Each rule is declared once, on the method's params class: a value just outside any declared
+    bound is refused at the same key by the params schema (a params file) and by the adapter built
+    directly from the class (tests, benchmarks, a notebook)."""
+    from selora.adapters import create_adapter
+    from selora.errors import ConfigError
+    from selora.sections import section_schema
+
+    outside = {"minimum": -1, "exclusiveMinimum": 0, "maximum": 1, "exclusiveMaximum": 0}
+    checked = 0
+    for spec in method_specs():
+        props = section_schema(spec.config)["properties"]
+        defaults = {k: v["default"] for k, v in props.items()}
+        for field, rule in props.items():
+            for bound, step in outside.items():
+                if bound not in rule:
+                    continue
+                bad = rule[bound] + step
+                key = f"methods.{spec.name}.{field}"
+                with pytest.raises(ConfigError, match=re.escape(key)):
+                    load_params(None, [f"{key}={bad}"])
+                with pytest.raises(ConfigError, match=re.escape(key)):
+                    create_adapter(spec.name, spec.config(**{**defaults, field: bad}), seed=0)
+                checked += 1
+    assert checked >= 15  # every method has bounded fields; a declaration lost its bounds otherwise

@@ -60,3 +60,21 @@ def section_schema(cls: type) -> dict[str, Any]:
             raise TypeError(f"{cls.__name__}.{f.name}: every section key needs param(default=...)")
         props[f.name] = {**type_schema(hints[f.name]), **keywords}
     return {"type": "object", "default": {}, "additionalProperties": False, "properties": props}
+
+
+def check_section(cfg: Any, key: str) -> None:
+    """Check a section instance against its own declaration — the field rules the schema is rendered
+    from, then the class's cross-field ``check(key)`` — so a section built directly (tests,
+    benchmarks, a notebook) meets exactly the rules a params file meets, declared once."""
+    import jsonschema
+
+    from selora.errors import ConfigError
+
+    schema = section_schema(type(cfg))
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    errors = sorted(validator.iter_errors(dataclasses.asdict(cfg)), key=lambda e: list(e.absolute_path))
+    if errors:
+        where = ".".join([key, *map(str, errors[0].absolute_path)])
+        raise ConfigError(f"{where}: {errors[0].message}")
+    if hasattr(cfg, "check"):
+        cfg.check(key)

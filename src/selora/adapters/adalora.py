@@ -31,8 +31,6 @@ from torch import nn
 
 from selora.adapters._common import (
     adaptable_layers,
-    check_positive,
-    check_rank,
     copy_tensors,
     freeze,
     qualified,
@@ -41,7 +39,7 @@ from selora.adapters._common import (
 )
 from selora.adapters.base import Adapter, register
 from selora.errors import ConfigError
-from selora.sections import param
+from selora.sections import check_section, param
 
 ADAPTER = "default"
 KEYS = ("lora_A", "lora_E", "lora_B")
@@ -73,8 +71,10 @@ class AdaLoraConfig:
     tfinal: float = param("Final fine-tuning at the target budget, as a fraction (budget reduction ≈ half "
                           "of training, as the AdaLoRA author advises).", minimum=0, maximum=1, default=0.4)
     delta_t: int = param("Steps between budget allocations.", minimum=1, default=10)
-    beta1: float = param(minimum=0, maximum=1, default=0.85)
-    beta2: float = param(minimum=0, maximum=1, default=0.85)
+    beta1: float = param("EMA coefficient of the sensitivity, strictly between 0 and 1.", exclusiveMinimum=0,
+                         exclusiveMaximum=1, default=0.85)
+    beta2: float = param("EMA coefficient of the uncertainty, strictly between 0 and 1.", exclusiveMinimum=0,
+                         exclusiveMaximum=1, default=0.85)
     orth_reg_weight: float = param(minimum=0, default=0.5)
 
     def check(self, key: str) -> None:
@@ -92,19 +92,8 @@ class AdaLoraAdapter(Adapter):
 
     def __init__(self, cfg: Any, *, seed: int) -> None:
         super().__init__(cfg, seed=seed)
-        self.init_rank = check_rank(cfg.init_rank, "methods.adalora.init_rank")
-        self.target_rank = check_rank(cfg.target_rank, "methods.adalora.target_rank")
-        if self.target_rank > self.init_rank:
-            raise ConfigError(f"methods.adalora.target_rank: {self.target_rank} is above "
-                              f"methods.adalora.init_rank {self.init_rank}")
-        check_positive(cfg.alpha, "methods.adalora.alpha")
-        check_rank(cfg.delta_t, "methods.adalora.delta_t")
-        for key in ("beta1", "beta2"):
-            if not 0 < getattr(cfg, key) < 1:
-                raise ConfigError(f"methods.adalora.{key}: must lie strictly between 0 and 1 "
-                                  f"(an EMA coefficient), got {getattr(cfg, key)!r}")
-        if cfg.orth_reg_weight < 0:
-            raise ConfigError(f"methods.adalora.orth_reg_weight: must be ≥ 0, got {cfg.orth_reg_weight!r}")
+        check_section(cfg, "methods.adalora")
+        self.init_rank, self.target_rank = cfg.init_rank, cfg.target_rank
         self.tuner: Any = None
         self.layers: dict[tuple[str, str], nn.Module] = {}
         self._rows: list[dict[str, Any]] = []

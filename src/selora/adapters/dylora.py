@@ -27,8 +27,6 @@ from torch import nn
 
 from selora.adapters._common import (
     adaptable_layers,
-    check_positive,
-    check_rank,
     copy_tensors,
     freeze,
     qualified,
@@ -36,8 +34,7 @@ from selora.adapters._common import (
     seeded,
 )
 from selora.adapters.base import Adapter, register
-from selora.errors import ConfigError
-from selora.sections import param
+from selora.sections import check_section, param
 
 MODES = ("frozen", "full")
 
@@ -109,10 +106,8 @@ class DyLoraAdapter(Adapter):
 
     def __init__(self, cfg: Any, *, seed: int) -> None:
         super().__init__(cfg, seed=seed)
-        self.rank = check_rank(cfg.rank, "methods.dylora.rank")
-        self.alpha = check_positive(cfg.alpha, "methods.dylora.alpha")
-        if cfg.mode not in MODES:
-            raise ConfigError(f"methods.dylora.mode: {cfg.mode!r} is not one of {', '.join(MODES)}")
+        check_section(cfg, "methods.dylora")
+        self.rank, self.alpha = cfg.rank, float(cfg.alpha)
         self.shared = SharedRank()
         self.layers: dict[tuple[str, str], DyLoraLinear] = {}
 

@@ -32,7 +32,7 @@ from selora.adapters._common import (
 )
 from selora.adapters.base import Adapter, register
 from selora.errors import ConfigError
-from selora.sections import param
+from selora.sections import check_section, param
 
 ADAPTER = "default"
 
@@ -54,8 +54,8 @@ class LoraAdapter(Adapter):
         super().__init__(cfg, seed=seed)
         self.explicit = ranks is not None
         if ranks is None:
-            self.rank = check_rank(cfg.rank, "methods.lora.rank")
-            self.alpha = check_positive(cfg.alpha, "methods.lora.alpha")
+            check_section(cfg, "methods.lora")
+            self.rank, self.alpha = cfg.rank, float(cfg.alpha)
             self.ranks: dict[str, dict[str, int]] = {}
         else:
             self.ranks = {p: {n: check_rank(r, f"ranks.{p}.{n}", minimum=0) for n, r in layers.items()}

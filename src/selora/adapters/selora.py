@@ -49,32 +49,9 @@ from torch import nn
 from selora.adapters._selora_layer import FISHER_MODES, FisherProbe, SeLoraLinear, fisher_scores, kaiming_rows
 from selora.adapters.base import Adapter, linear_modules, register
 from selora.errors import ConfigError
-from selora.sections import param
+from selora.sections import check_section, param
 
 STATE_VERSION = 1
-
-
-def check_config(cfg: Any) -> None:
-    """Reject settings the method cannot run with (the schema checks params.yaml too; this guards
-    direct use)."""
-    def bad(key: str, msg: str) -> ConfigError:
-        return ConfigError(f"methods.selora.{key}: {msg}")
-
-    if not isinstance(cfg.init_rank, int) or cfg.init_rank < 1:
-        raise bad("init_rank", f"{cfg.init_rank!r} must be an integer ≥ 1")
-    if not (isinstance(cfg.threshold, int | float) and math.isfinite(cfg.threshold)) or cfg.threshold < 1:
-        raise bad("threshold", f"λ = {cfg.threshold!r} must be ≥ 1 (FI_exp / FI_orig is never below 1)")
-    if not isinstance(cfg.test_interval, int) or cfg.test_interval < 1:
-        raise bad("test_interval", f"t = {cfg.test_interval!r} must be an integer ≥ 1")
-    if cfg.fisher not in FISHER_MODES:
-        raise bad("fisher", f"{cfg.fisher!r} is not one of {', '.join(FISHER_MODES)}")
-    if cfg.max_rank is not None:
-        if not isinstance(cfg.max_rank, int) or cfg.max_rank < 1:
-            raise bad("max_rank", f"{cfg.max_rank!r} must be an integer ≥ 1 (or null for no cap)")
-        if cfg.max_rank < cfg.init_rank:
-            raise bad("max_rank", f"{cfg.max_rank} is below init_rank {cfg.init_rank}")
-    if not (isinstance(cfg.scale, int | float) and math.isfinite(cfg.scale)) or cfg.scale <= 0:
-        raise bad("scale", f"{cfg.scale!r} must be a positive number")
 
 
 @dataclass(frozen=True)
@@ -100,7 +77,7 @@ class SeLoraAdapter(Adapter):
 
     def __init__(self, cfg: Any, *, seed: int) -> None:
         super().__init__(cfg, seed=seed)
-        check_config(cfg)
+        check_section(cfg, "methods.selora")
         self.layers: dict[tuple[str, str], SeLoraLinear] = {}  # (part, module name) -> layer
         self.generator = torch.Generator().manual_seed(int(seed))
         self._armed: tuple[int, dict[tuple[str, str], FisherProbe]] | None = None
