@@ -19,13 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-PAPER_SUBTYPES = [
-    "Moderately differentiated tubular adenocarcinoma",
-    "Well differentiated tubular adenocarcinoma",
-    "Moderately to poorly differentiated adenocarcinoma",
-    "Poorly differentiated adenocarcinoma, solid type",
-    "Poorly differentiated adenocarcinoma, non-solid type",
-]
+from selora.data.patchgastric import PAPER_SUBTYPES  # the paper's five, declared with the data set
 
 
 @dataclass

@@ -7,24 +7,25 @@ from __future__ import annotations
 import argparse
 
 from selora.commands import add_params_arguments, load_params_from_args
-from selora.data.synthetic import NAME as SYNTHETIC
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_params_arguments(parser)
     parser.add_argument("--natural-out", default="data/synthetic/natural", help="natural scenes folder")
-    parser.add_argument("--cxr-out", default=f"data/raw/{SYNTHETIC}", help="synthetic CXR folder")
+    parser.add_argument("--cxr-out", help="synthetic CXR folder (default: data/raw/<its data-set name>)")
     parser.add_argument("--only", choices=["natural", "cxr"], help="write only one of the two sets")
 
 
 def run(args: argparse.Namespace) -> int:
+    from selora.data.synthetic import NAME
     from selora.synthetic import make_cxr, make_natural
 
     params = load_params_from_args(args)
+    cxr_out = args.cxr_out or f"data/raw/{NAME}"
     if args.only in (None, "natural"):
         counts = make_natural(params.synthetic.natural, args.natural_out, params.seed, not args.quiet)
         print(f"natural scenes → {args.natural_out}: {counts}")
     if args.only in (None, "cxr"):
-        counts = make_cxr(params.synthetic.cxr, args.cxr_out, params.seed, not args.quiet)
-        print(f"synthetic CXR → {args.cxr_out}: {counts}")
+        counts = make_cxr(params.synthetic.cxr, cxr_out, params.seed, not args.quiet)
+        print(f"synthetic CXR → {cxr_out}: {counts}")
     return 0

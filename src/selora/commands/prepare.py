@@ -16,11 +16,11 @@ from selora.commands import add_params_arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from selora.data.registry import dataset_names
-
     add_params_arguments(parser)
     parser.add_argument("--setup", help="a key of params.setups (data set, size, splits)")
-    parser.add_argument("--dataset", choices=dataset_names(), help="data set (or from --setup)")
+    # No `choices`: the registry imports the data modules, and `selora --help` stays import-free; an
+    # unknown name is a ConfigError that lists the registered ones.
+    parser.add_argument("--dataset", help="a registered data set (or from --setup)")
     parser.add_argument("--raw", help="the downloaded, unpacked folder (default: params.datasets.<name>.raw)")
     parser.add_argument("--out", required=True, help="output folder (written atomically)")
     parser.add_argument("--size", type=int, help="pixels after resize + centre crop, a multiple of 8 "

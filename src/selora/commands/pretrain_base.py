@@ -7,24 +7,25 @@ from __future__ import annotations
 import argparse
 
 from selora.commands import add_params_arguments, load_params_from_args
-from selora.data.synthetic import NAME as SYNTHETIC
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_params_arguments(parser)
     parser.add_argument("--data", default="data/synthetic/natural", help="natural scenes (make-synthetic)")
-    parser.add_argument("--reports", default=f"data/raw/{SYNTHETIC}",
-                        help="a prepared/synthetic set whose texts join the tokenizer corpus ('' = none)")
+    parser.add_argument("--reports", help="a prepared/synthetic set whose texts join the tokenizer corpus "
+                        "(default: data/raw/<the synthetic set's data-set name>; '' = none)")
     parser.add_argument("--out", default=None, help="output folder (default: <paths.models>/tiny-sd)")
 
 
 def run(args: argparse.Namespace) -> int:
     from selora.basemodel import tiny_path
+    from selora.data.synthetic import NAME
     from selora.pretrain import pretrain_base
 
     params = load_params_from_args(args)
     out = args.out or str(tiny_path(params))
-    report = pretrain_base(params, args.data, args.reports or None, out, progress=not args.quiet)
+    reports = f"data/raw/{NAME}" if args.reports is None else args.reports or None
+    report = pretrain_base(params, args.data, reports, out, progress=not args.quiet)
     cxr = ""
     if "vae_psnr_db_cxr" in report:
         cxr = (f" (CXR phantoms {report['vae_psnr_db_cxr']:.1f} dB, "
