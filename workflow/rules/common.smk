@@ -62,7 +62,7 @@ def local_folders(*names):
     """The names that are folders here (a local SD 1.5, `selora rehearsal-assets`' random weights):
     inputs, so that rebuilding one reruns what used it. A hub id is not tracked: pin
     base_model.revision instead."""
-    return [n for n in names if n and Path(n).expanduser().exists()]
+    return [str(Path(n).expanduser()) for n in names if n and Path(n).expanduser().exists()]
 
 
 def base_model_input():
