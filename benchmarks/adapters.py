@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -55,6 +54,7 @@ import torch
 from baselines import check_inputs
 
 from selora.adapters import create_adapter
+from selora.adapters._common import anchored, most_common
 from selora.adapters.selora import SeLoraConfig
 from selora.errors import SeloraError
 from selora.io import Provenance, peak_rss_mb, write_json
@@ -130,8 +130,8 @@ class PeftLoraTrainer:
         torch.manual_seed(seed)
         self.parts = parts
         for part, layer_ranks in ranks.items():
-            default = Counter(layer_ranks.values()).most_common(1)[0][0]
-            pattern = {f"^{re.escape(n)}$": r for n, r in layer_ranks.items() if r != default}
+            default = most_common(layer_ranks.values())
+            pattern = {anchored(n): r for n, r in layer_ranks.items() if r != default}
             cfg = LoraConfig(r=default, lora_alpha=default, target_modules=sorted(layer_ranks),
                              rank_pattern=pattern, alpha_pattern=dict(pattern))
             inject_adapter_in_model(cfg, parts[part])

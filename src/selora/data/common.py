@@ -238,7 +238,6 @@ class Pool:
     split: str | None = None
     quota: int | None = None
     ceiling: bool = False
-    tried: int = 0  # set by the decoding stage: candidates decoded before the quota was met
 
 
 def natural_key(text: str) -> tuple:

@@ -167,7 +167,6 @@ def _decode(pools: list[Pool], opts: PrepareOptions, staging: Path, log: SkipLog
                 bar.update()
                 if pool.quota is not None and taken == pool.quota:
                     break
-            pool.tried = tried
             if pool.quota is not None and not pool.ceiling:
                 if taken < pool.quota:
                     raise DatasetFormatError(f"{pool.name}: only {taken} usable images among {pool.size} "
@@ -190,9 +189,10 @@ def capped_pool(candidates: list[Candidate], cap: int, seed: int) -> Pool:
 
 
 def _cap_summary(pool: Pool, used: int, skipped: int) -> dict[str, Any]:
-    """Records, one unit: parsed = used + skipped while decoding + left out by the cap (not tried)."""
+    """Records, one unit: parsed = used + skipped while decoding + left out by the cap (the records
+    the decoding stage never reached: it stops once the cap's quota is usable)."""
     return {"max_records": pool.quota, "parsed_records": pool.size, "used": used,
-            "skipped_while_decoding": skipped, "left_out": pool.size - pool.tried}
+            "skipped_while_decoding": skipped, "left_out": pool.size - used - skipped}
 
 
 def _parsed_lengths(candidates: list[Candidate], tokenizer: Any, limit: int | None) -> dict[str, Any]:
