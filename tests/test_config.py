@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -98,7 +99,6 @@ SCHEMA_VIOLATIONS = ["methods.selora.threshold=abc", "methods.selora.threshold=0
 def test_snakemake_validates_against_the_schema_the_package_loads():
     """The Snakefile's `validate()` must read the very file selora.config loads (a symlink, not a
     copy that could drift): then both fill the same defaults and reject a bad value at the same key."""
-    import re
 
     from snakemake.exceptions import WorkflowError
     from snakemake.utils import validate
@@ -123,3 +123,53 @@ def test_snakemake_validates_against_the_schema_the_package_loads():
             validate(bad, str(wf))
         where = "".join(f"[{p!r}]" for p in key.split("."))
         assert f"On instance{where}" in str(err.value), (override, str(err.value)[-500:])
+
+
+def _bounded_leaves(schema: dict, key: str = ""):
+    """(key, bound keyword, bound, is-a-list) of every declared numeric bound in the params schema."""
+    props = dict(schema.get("properties", {}))
+    if isinstance(schema.get("additionalProperties"), dict):  # setups.<name>
+        props["synthetic-cxr-32"] = schema["additionalProperties"]
+    for name, sub in props.items():
+        where = f"{key}.{name}".lstrip(".")
+        if "properties" in sub or isinstance(sub.get("additionalProperties"), dict):
+            yield from _bounded_leaves(sub, where)
+            continue
+        for rules, is_list in ((sub, False), (sub.get("items", {}), True)):
+            for bound in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
+                if bound in rules:
+                    yield where, bound, rules[bound], is_list
+
+
+def test_every_declared_bound_is_enforced_at_its_key():
+    """Config is declared once (selora/paramspec.py and the registered classes) and the schema is
+    rendered from it: a value just outside any declared bound, anywhere in the params, is refused
+    naming its key — so no bound is only documented, and none needs a second, hand-written check."""
+    from selora.config import load_schema
+
+    outside = {"minimum": -1, "exclusiveMinimum": 0, "maximum": 1, "exclusiveMaximum": 0}
+    leaves = list(_bounded_leaves(load_schema()))
+    for key, bound, limit, is_list in leaves:
+        bad = limit + outside[bound]
+        with pytest.raises(ConfigError, match=re.escape(key)):
+            load_params(ROOT / "params.yaml", [f"{key}={[bad] if is_list else bad}"])
+    sections = {key.split(".")[0] for key, *_ in leaves}
+    assert {"base_model", "synthetic", "setups", "methods", "train", "sample", "evaluate",
+            "experiment"} <= sections, sections
+
+
+def test_cross_field_rules_live_on_their_section():
+    """A rule between keys is its section's check(), run for a params file and for a section built
+    directly alike (check_section), at the key where the section sits."""
+    from selora.paramspec import Splits
+    from selora.sections import check_section
+
+    with pytest.raises(ConfigError, match=r"setups\.synthetic-cxr-32\.splits: fractions sum to 0\.9"):
+        load_params(ROOT / "params.yaml", ["setups.synthetic-cxr-32.splits.test=0.1"])
+    with pytest.raises(ConfigError, match=r"synthetic\.cxr\.splits: fractions sum to 1\.1"):
+        load_params(ROOT / "params.yaml", ["synthetic.cxr.splits.test=0.3"])
+    with pytest.raises(ConfigError, match=r"my\.splits: fractions sum to 0\.7"):
+        check_section(Splits(train=0.5, validation=0.1, test=0.1), "my.splits")
+    check_section(Splits(train=0.5, validation=0.25, test=0.25), "my.splits")
+    with pytest.raises(ConfigError, match=r"base_model\.tiny\.image_size: 34 is not a multiple"):
+        load_params(ROOT / "params.yaml", ["base_model.tiny.image_size=34"])

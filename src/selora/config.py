@@ -1,11 +1,11 @@
 """params.yaml → validated, typed configuration.
 
-params.yaml is the single source of truth. It is validated against the JSON schema in
-``selora/schemas/params.schema.yaml`` (also ``workflow/schemas/`` for Snakemake), which fills the
-defaults, then turned into frozen dataclasses that reject unknown keys. Defaults live only in the
-schema, so the dataclasses declare none. The ``methods`` and ``datasets`` sections hold one
-sub-section per registered method / data set, each the class registered with it (its fields
-declare that part of the schema: :mod:`selora.sections`, :mod:`selora.schemagen`).
+params.yaml is the single source of truth. Every key is declared once, as a field of a class in
+:mod:`selora.paramspec` (or of the class registered with a method or data set); the JSON schema is
+rendered from those fields (:mod:`selora.sections`; the committed copy Snakemake reads,
+``workflow/schemas/params.schema.yaml``, is kept current by :mod:`selora.schemagen`). A params
+file is validated against it, which fills the defaults, then turned into those frozen
+dataclasses, which reject unknown keys; each class's ``check(key)`` applies its cross-field rules.
 
 Errors name the offending key (``methods.selora.threshold: 'abc' is not of type 'number'``) so a
 bad grid fails before any job starts.
@@ -19,14 +19,38 @@ import dataclasses
 import types
 import typing
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from selora.errors import ConfigError
+
+# The declarations, re-exported: ``from selora.config import Params, TrainConfig`` keeps working.
+from selora.paramspec import (
+    AblationConfig,
+    BaseModelConfig,
+    EvaluateConfig,
+    ExperimentConfig,
+    ImageSetConfig,
+    NaturalConfig,
+    Params,
+    Paths,
+    SampleConfig,
+    Setup,
+    Splits,
+    StatisticsConfig,
+    SyntheticConfig,
+    TinyConfig,
+    TrainConfig,
+)
+from selora.sections import NOUNS, Sections, check_tree, registered_classes
+
+__all__ = [
+    "AblationConfig", "BaseModelConfig", "EvaluateConfig", "ExperimentConfig", "ImageSetConfig",
+    "NaturalConfig", "Params", "Paths", "SampleConfig", "Sections", "Setup", "Splits", "StatisticsConfig",
+    "SyntheticConfig", "TinyConfig", "TrainConfig", "load_params", "params_from_dict", "validate_raw",
+]
 
 
 def method_names() -> list[str]:
@@ -43,244 +67,14 @@ def dataset_names() -> list[str]:
     return names()
 
 
-def _section_classes() -> dict[str, tuple[str, dict[str, type]]]:
-    """params key → (noun, registered name → its section class) for the registry-keyed sections."""
-    from selora.adapters.base import method_specs
-    from selora.data.registry import dataset_specs
-
-    return {"methods": ("method", {m.name: m.config for m in method_specs()}),
-            "datasets": ("data set", {d.name: d.source for d in dataset_specs()})}
-
-
-# ----------------------------------------------------------------------------- dataclasses
-@dataclass(frozen=True)
-class Splits:
-    train: float
-    validation: float
-    test: float
-
-    def as_dict(self) -> dict[str, float]:
-        """Only the splits that get records, in train/validation/test order."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if v > 0}
-
-
-@dataclass(frozen=True)
-class Paths:
-    data: str
-    models: str
-    results: str
-
-
-@dataclass(frozen=True)
-class TinyConfig:
-    image_size: int
-    vae_channels: list[int]
-    latent_channels: int
-    unet_channels: list[int]
-    unet_layers_per_block: int
-    attention_head_dim: int
-    norm_num_groups: int
-    text_hidden_size: int
-    text_layers: int
-    text_heads: int
-    text_intermediate_size: int
-    vocab_size: int
-    max_length: int
-    vae_steps: int
-    vae_lr: float
-    vae_batch_size: int
-    unet_steps: int
-    unet_lr: float
-    batch_size: int
-    caption_dropout: float
-    snr_gamma: float | None
-    offset_noise: float
-    threads: int | None
-
-    @property
-    def vae_factor(self) -> int:
-        return 2 ** (len(self.vae_channels) - 1)
-
-
-@dataclass(frozen=True)
-class BaseModelConfig:
-    name: str
-    revision: str | None
-    tiny: TinyConfig
-
-
-@dataclass(frozen=True)
-class ImageSetConfig:
-    n_images: int
-    size: int
-    splits: Splits
-
-
-@dataclass(frozen=True)
-class NaturalConfig(ImageSetConfig):
-    radiographs: float
-
-
-@dataclass(frozen=True)
-class SyntheticConfig:
-    natural: NaturalConfig
-    cxr: ImageSetConfig
-
-
-@dataclass(frozen=True)
-class Setup:
-    dataset: str
-    size: int
-    splits: Splits
-    batch_size: int
-    epochs: int
-    max_steps: int | None
-    max_records: int | None
-
-
-class Sections(Mapping[str, Any]):
-    """A params section with one sub-section per registered name (``methods``, ``datasets``), each
-    converted to the class registered with it: ``p.methods["selora"]``, ``p.methods.selora`` or
-    ``p.datasets.get("iu-xray")``. An unknown name is a :class:`ConfigError` naming the known ones."""
-
-    def __init__(self, key: str, noun: str, items: Mapping[str, Any]) -> None:
-        self.key, self._noun, self._items = key, noun, dict(items)
-
-    def __getitem__(self, name: str) -> Any:
-        if name not in self._items:
-            raise ConfigError(f"{self.key}: unknown {self._noun} {name!r}; known: {', '.join(self._items)}")
-        return self._items[name]
-
-    def get(self, name: str) -> Any:  # type: ignore[override]  # raises instead of a default
-        return self[name]
-
-    def __getattr__(self, attr: str) -> Any:
-        if attr.startswith("_"):
-            raise AttributeError(attr)
-        return self[attr if attr in self._items else attr.replace("_", "-")]
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._items
-
-    def __iter__(self):
-        return iter(self._items)
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def __repr__(self) -> str:
-        return f"Sections({self.key}: {self._items!r})"
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    lr: float
-    weight_decay: float
-    betas: list[float]
-    mixed_precision: str
-    gradient_checkpointing: bool
-    device: str
-    checkpoint_every: int
-    memory_every: int
-    val_draws: int
-    threads: int | None
-
-
-@dataclass(frozen=True)
-class SampleConfig:
-    scheduler: str
-    steps: int
-    guidance_scale: float
-    images_per_prompt: int
-    batch_size: int
-    seed: int
-
-
-@dataclass(frozen=True)
-class EvaluateConfig:
-    feature_space: str
-    inception_weights: str | None
-    clip_model: str | None
-    kid_subsets: int
-    kid_subset_size: int
-    reference_steps: int
-    min_finding_accuracy: float
-
-
-@dataclass(frozen=True)
-class AblationConfig:
-    setups: list[str]
-    seeds: list[int]
-    threshold: list[float]
-    test_interval: list[int]
-
-
-@dataclass(frozen=True)
-class StatisticsConfig:
-    bootstrap_resamples: int
-    confidence: float
-    seed: int
-
-
-@dataclass(frozen=True)
-class ExperimentConfig:
-    setups: list[str]
-    methods: list[str]
-    seeds: list[int]
-    ablation: AblationConfig
-    no_adapter: bool
-    statistics: StatisticsConfig
-
-
-@dataclass(frozen=True)
-class Params:
-    seed: int
-    paths: Paths
-    base_model: BaseModelConfig
-    synthetic: SyntheticConfig
-    datasets: Sections
-    setups: dict[str, Setup]
-    methods: Sections
-    train: TrainConfig
-    sample: SampleConfig
-    evaluate: EvaluateConfig
-    experiment: ExperimentConfig
-    raw: dict[str, Any] = dataclasses.field(compare=False, repr=False)
-
-    def setup(self, name: str) -> Setup:
-        if name not in self.setups:
-            known = ", ".join(sorted(self.setups)) or "none"
-            raise ConfigError(f"setups: unknown setup {name!r}; known: {known}")
-        return self.setups[name]
-
-
 # ----------------------------------------------------------------------------- loading
-def _inline_refs(node: Any, definitions: Mapping[str, Any]) -> Any:
-    """Replace ``{"$ref": "#/$defs/x", ...}`` by the definition merged with its siblings."""
-    if isinstance(node, dict):
-        node = {k: _inline_refs(v, definitions) for k, v in node.items() if k != "$defs"}
-        ref = node.pop("$ref", None)
-        if ref is not None:
-            name = ref.removeprefix("#/$defs/")
-            node = {**_inline_refs(definitions[name], definitions), **node}
-        return node
-    if isinstance(node, list):
-        return [_inline_refs(v, definitions) for v in node]
-    return node
-
-
 def load_schema() -> dict[str, Any]:
-    """The schema, its registry parts rendered from the registries as they are now (with any
-    plugins), with local ``$ref``s inlined (defaults beside a ``$ref`` are kept)."""
-    from selora.schemagen import current_schema_text
+    """The params schema, rendered from the declarations (:mod:`selora.paramspec`) and the
+    registries as they are now (with any plugins): the very schema the committed file holds."""
+    from selora.paramspec import HEADER
+    from selora.sections import params_schema
 
-    return _parse_schema(current_schema_text())
-
-
-@cache
-def _parse_schema(text: str) -> dict[str, Any]:
-    schema = yaml.safe_load(text)
-    return _inline_refs(schema, schema.get("$defs", {}))
+    return params_schema(Params, **HEADER)
 
 
 def _key_path(parts: Iterable[Any]) -> str:
@@ -386,54 +180,13 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
 
 def _sections(key: str, value: Any, where: str) -> Sections:
     """A registry-keyed section: each sub-section converted to the class registered for its name."""
-    noun, classes = _section_classes()[key]
+    noun, classes = NOUNS[key], registered_classes(key)
     if not isinstance(value, Mapping):
         raise ConfigError(f"{where}: expected a mapping, got {value!r}")
     unknown = sorted(k for k in value if k not in classes)
     if unknown:
         raise ConfigError(f"{where}: unknown {noun}(s) {', '.join(map(str, unknown))}")
     return Sections(key, noun, {k: _convert(classes[k], v, f"{where}.{k}") for k, v in value.items()})
-
-
-def _check_semantics(p: Params) -> None:
-    """Cross-field rules a JSON schema cannot express."""
-    for name, s in p.setups.items():
-        total = s.splits.train + s.splits.validation + s.splits.test
-        if abs(total - 1.0) > 1e-6:
-            raise ConfigError(f"setups.{name}.splits: fractions sum to {total:g}, not 1")
-    for sect in ("natural", "cxr"):
-        sp = getattr(p.synthetic, sect).splits
-        total = sp.train + sp.validation + sp.test
-        if abs(total - 1.0) > 1e-6:
-            raise ConfigError(f"synthetic.{sect}.splits: fractions sum to {total:g}, not 1")
-    for section in (p.methods, p.datasets):  # a registered class's own cross-field rules
-        for name, cfg in section.items():
-            if hasattr(cfg, "check"):
-                cfg.check(f"{section.key}.{name}")
-    tiny = p.base_model.tiny
-    if tiny.image_size % tiny.vae_factor:
-        raise ConfigError(
-            f"base_model.tiny.image_size: {tiny.image_size} is not a multiple of the VAE factor "
-            f"{tiny.vae_factor}"
-        )
-    abl = p.experiment.ablation
-    if abl.setups and (abl.threshold or abl.test_interval):
-        if "selora" not in p.experiment.methods:
-            raise ConfigError("experiment.ablation: needs selora in experiment.methods (its base point)")
-        for key, main in (("setups", p.experiment.setups), ("seeds", p.experiment.seeds)):
-            extra = [v for v in getattr(abl, key) if v not in main]
-            if extra:
-                raise ConfigError(f"experiment.ablation.{key}: {extra} not in experiment.{key}; the base "
-                                  "point of every ablation comes from the main grid")
-    used = list(p.experiment.setups) + list(p.experiment.ablation.setups)
-    for name in used:
-        if name not in p.setups:
-            raise ConfigError(f"experiment.setups: {name!r} is not defined under setups")
-        dataset = p.setups[name].dataset
-        if not p.datasets.get(dataset).raw:
-            raise ConfigError(
-                f"datasets.{dataset}.raw: setup {name!r} uses {dataset} but no raw-data folder is set"
-            )
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -472,7 +225,7 @@ def params_from_dict(data: Mapping[str, Any], overrides: Iterable[str] = ()) -> 
     if overrides:
         full = validate_raw(apply_overrides(full, overrides))
     params = _convert(Params, {**full, "raw": full}, "")
-    _check_semantics(params)
+    check_tree(params)  # every section's cross-field rules (its check())
     return params
 
 

@@ -58,7 +58,7 @@ class PatchGastricSource:
     """params ``datasets.patchgastric``."""
 
     raw: str | None = param("Folder with captions.csv and patches/.", default=None)
-    subtypes: list[str] = param(minItems=1, default=PAPER_SUBTYPES)  # noqa: RUF009 - a field(), no default
+    subtypes: list[str] = param(minItems=1, default=PAPER_SUBTYPES)
     pairs_per_subtype: int = param(minimum=1, default=1000)
 
 

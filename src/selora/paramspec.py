@@ -1,0 +1,291 @@
+"""Every key of params.yaml, declared once: its type, bounds, default and meaning.
+
+The JSON schema Snakemake validates against (``workflow/schemas/params.schema.yaml``) is rendered
+from these classes and the registered methods' and data sets' own classes (:mod:`selora.sections`,
+``python -m selora.schemagen``); :mod:`selora.config` validates with the same schema, fills its
+defaults and builds these classes. Rules between keys are each class's ``check(key)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from selora.errors import ConfigError
+from selora.sections import Registered, Sections, param
+
+HEADER = {
+    "title": "selora params",
+    "description": (
+        "params.yaml is the single source of truth of the pipeline: the experiment grid and every "
+        "hyper-parameter. Snakemake validates its config against this schema (filling defaults) and "
+        "the Python package does the same before turning it into typed dataclasses that reject "
+        "unknown keys."
+    ),
+}
+FRACTION = {"minimum": 0, "maximum": 1}
+
+
+@dataclass(frozen=True)
+class Splits:
+    SCHEMA: ClassVar[dict[str, Any]] = {
+        "description": "Fractions of the records per split; they must sum to 1. A split of 0 is not written."}
+
+    train: float = param(**FRACTION)
+    validation: float = param(**FRACTION, default=0.0)
+    test: float = param(**FRACTION)
+
+    def as_dict(self) -> dict[str, float]:
+        """Only the splits that get records, in train/validation/test order."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v > 0}
+
+    def check(self, key: str) -> None:
+        total = self.train + self.validation + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ConfigError(f"{key}: fractions sum to {total:g}, not 1")
+
+
+@dataclass(frozen=True)
+class Paths:
+    data: str = param("Generated and prepared data sets.", default="data")
+    models: str = param("The pre-trained miniature base model.", default="models")
+    results: str = param("Runs, tables, figures, benchmarks.", default="results")
+
+
+@dataclass(frozen=True)
+class TinyConfig:
+    image_size: int = param("Pixels; a multiple of the VAE factor 2^(len(vae_channels)-1).",
+                            minimum=8, default=32)
+    vae_channels: list[int] = param(items={"minimum": 4}, minItems=2, default=[16, 32, 64])
+    latent_channels: int = param(minimum=1, default=4)
+    unet_channels: list[int] = param(items={"minimum": 4}, minItems=1, default=[32, 64])
+    unet_layers_per_block: int = param(minimum=1, default=1)
+    attention_head_dim: int = param("diffusers' name; it is the number of heads (SD 1.5: 8).",
+                                    minimum=1, default=2)
+    norm_num_groups: int = param(minimum=1, default=16)
+    text_hidden_size: int = param(minimum=8, default=64)
+    text_layers: int = param(minimum=1, default=2)
+    text_heads: int = param(minimum=1, default=4)
+    text_intermediate_size: int = param(minimum=8, default=128)
+    vocab_size: int = param("BPE vocabulary learnt from the captions and reports.", minimum=300, default=1200)
+    max_length: int = param("Text encoder context, as CLIP's 77.", minimum=8, default=77)
+    vae_steps: int = param(minimum=0, default=2000)
+    vae_lr: float = param(exclusiveMinimum=0, default=2.0e-3)
+    vae_batch_size: int = param(minimum=1, default=8)
+    unet_steps: int = param(minimum=0, default=2000)
+    unet_lr: float = param(exclusiveMinimum=0, default=1.0e-3)
+    batch_size: int = param("U-Net + text encoder batch (more small steps beat fewer large ones here).",
+                            minimum=1, default=16)
+    caption_dropout: float = param("Empty-caption rate, so classifier-free guidance works.", **FRACTION,
+                                   default=0.1)
+    snr_gamma: float | None = param(
+        "Min-SNR-γ loss weighting (converges several times faster); null = plain MSE.",
+        exclusiveMinimum=0, default=5.0)
+    offset_noise: float = param(
+        "Std of a per-(image, channel) constant added to the training noise (offset noise). SD 1.5's "
+        "schedule leaves ~7 % of the image in the noisiest latent, so without it the miniature reads the "
+        "background from that residue instead of the caption and every sample comes out mid-grey.",
+        minimum=0, default=0.3)
+    threads: int | None = param("torch threads; null = torch's default.", minimum=1, default=None)
+
+    @property
+    def vae_factor(self) -> int:
+        return 2 ** (len(self.vae_channels) - 1)
+
+    def check(self, key: str) -> None:
+        if self.image_size % self.vae_factor:
+            raise ConfigError(f"{key}.image_size: {self.image_size} is not a multiple of the VAE factor "
+                              f"{self.vae_factor}")
+
+
+@dataclass(frozen=True)
+class BaseModelConfig:
+    name: str = param(
+        "'tiny' = the embedded miniature Stable Diffusion pre-trained by `selora pretrain-base`; "
+        "otherwise a local diffusers folder or a hub id such as stable-diffusion-v1-5/stable-diffusion-v1-5 "
+        "(the paper's runwayml/stable-diffusion-v1-5, now kept under that id).", default="tiny")
+    revision: str | None = param("Hub revision (hub ids only).", default=None)
+    tiny: TinyConfig = param("Architecture and pre-training budget of the embedded miniature.", default={})
+
+
+@dataclass(frozen=True)
+class ImageSetConfig:
+    """The CXR phantoms; :class:`NaturalConfig` re-declares the defaults of the natural scenes."""
+
+    n_images: int = param(minimum=2, default=800)
+    size: int = param("Raw size; `prepare` resizes to the setup's size.", minimum=8, default=64)
+    splits: Splits = param(default={"train": 0.7, "validation": 0.1, "test": 0.2})
+
+
+@dataclass(frozen=True)
+class NaturalConfig(ImageSetConfig):
+    n_images: int = param(minimum=2, default=4000)
+    size: int = param(minimum=8, default=32)
+    splits: Splits = param(default={"train": 0.95, "test": 0.05})
+    radiographs: float = param(
+        "Share of the n_images that are chest radiographs with a generic caption (\"a chest x-ray\"), "
+        "drawn by the phantom renderer from their own random stream with random findings that the caption "
+        "never names. They stand in for the radiographs among SD 1.5's web images: its VAE reconstructs "
+        "radiographs and it draws one when asked for \"a chest x-ray\", but it never learnt which report "
+        "words go with which finding - the part fine-tuning has to teach.", **FRACTION, default=0.15)
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    natural: NaturalConfig = param(
+        "Coloured scenes with captions naming what is drawn (pre-training of the miniature).", default={})
+    cxr: ImageSetConfig = param(
+        "Chest-radiograph-like phantoms whose report decides what is visible (stands in for IU X-Ray).",
+        default={})
+
+
+@dataclass(frozen=True)
+class Setup:
+    dataset: str = param(enum=Registered("datasets"))
+    size: int = param("Pixels after resize + centre crop (paper B.1).", minimum=8)
+    splits: Splits = param()
+    batch_size: int = param(minimum=1)
+    epochs: int = param(minimum=1)
+    max_steps: int | None = param("Stop early (smoke runs); null = all epochs.", minimum=1, default=None)
+    max_records: int | None = param(
+        "Use at most this many records of the data set: a seeded random subset of the parsed records, "
+        "drawn before decoding and splitting (smoke runs, the rehearsal); the data report still gives the "
+        "prompt lengths of every parsed record. null = all (the paper). PatchGastricADC22 is counted by its "
+        "data set's pairs_per_subtype instead.", minimum=1, default=None)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    lr: float = param(exclusiveMinimum=0, default=1.0e-4)
+    weight_decay: float = param(minimum=0, default=0.0)
+    betas: list[float] = param(items=FRACTION, minItems=2, maxItems=2, default=[0.9, 0.999])
+    mixed_precision: str = param(enum=["no", "fp16", "bf16"], default="no")
+    gradient_checkpointing: bool = param(default=False)
+    device: str = param("auto | cpu | cuda | cuda:N", default="auto")
+    checkpoint_every: int = param("Steps between full resumable checkpoints.", minimum=1, default=200)
+    memory_every: int = param("Steps between peak-memory samples (paper D.1).", minimum=1, default=40)
+    val_draws: int = param("Fixed (noise, timestep) draws per validation image.", minimum=1, default=2)
+    threads: int | None = param(minimum=1, default=None)
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    scheduler: str = param(enum=["ddim", "ddpm", "pndm", "euler", "dpm"], default="ddim")
+    steps: int = param(minimum=1, default=50)
+    guidance_scale: float = param(minimum=0, default=7.5)
+    images_per_prompt: int = param(minimum=1, default=1)
+    batch_size: int = param(minimum=1, default=16)
+    seed: int = param(default=1234)
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    feature_space: str = param("auto: Inception when weights are given, else the reference network.",
+                               enum=["auto", "inception", "reference"], default="auto")
+    inception_weights: str | None = param(
+        "Local weights-inception-2015-12-05-6726825d.pth (torch-fidelity's FID Inception).", default=None)
+    clip_model: str | None = param(
+        "Local folder or hub id of a CLIP model (paper: openai/clip-vit-large-patch14); null skips CLIP "
+        "score.", default=None)
+    kid_subsets: int = param(minimum=1, default=50)
+    kid_subset_size: int = param(minimum=2, default=50)
+    reference_steps: int = param("Training steps of the reference network (embedded default).",
+                                 minimum=1, default=600)
+    min_finding_accuracy: float = param(
+        "The reference network must reach this balanced accuracy (mean per-class recall) on real test "
+        "images before it judges generated ones.", **FRACTION, default=0.8)
+
+
+@dataclass(frozen=True)
+class AblationConfig:
+    setups: list[str] = param(default=["synthetic-cxr-32"])
+    seeds: list[int] = param(default=[0])
+    threshold: list[float] = param(items={"minimum": 1}, default=[1.0, 1.3])
+    test_interval: list[int] = param(items={"minimum": 1}, default=[20, 80])
+
+
+@dataclass(frozen=True)
+class StatisticsConfig:
+    bootstrap_resamples: int = param(
+        "Bootstrap resamples of the test prompts (0 turns the bootstrap off); 200 on 128 × 128-d features "
+        "takes seconds.", minimum=0, default=200)
+    confidence: float = param("Confidence level of the bootstrap intervals.", exclusiveMinimum=0,
+                              exclusiveMaximum=1, default=0.95)
+    seed: int = param("Seed of the bootstrap draws (numpy.random.default_rng).", default=0)
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    setups: list[str] = param(default=["synthetic-cxr-32"])
+    methods: list[str] = param(items={"enum": Registered("methods")}, default=Registered("methods"))
+    seeds: list[int] = param(minItems=1, default=[0, 1, 2])
+    ablation: AblationConfig = param(
+        "SeLoRA sensitivity to λ (paper Table 3) and to t (asked for by the reviewers). The lists hold the "
+        "values tried *besides* methods.selora's own, whose runs come from the main grid (so ablation "
+        "setups and seeds must be part of the main grid, and selora a main method).", default={})
+    no_adapter: bool = param(
+        "Also sample and evaluate the untouched base model (no adapter) on every main setup's test prompts, "
+        "with the same sampling seeds, and show it as the \"no adapter\" row of the quality tables: the "
+        "reference every adapter must beat.", default=True)
+    statistics: StatisticsConfig = param(
+        "How the quality tables judge differences (selora report). Bootstrap over test images: the test "
+        "prompts are resampled with replacement (the same draws for every run) and FID/KID recomputed, "
+        "giving a percentile interval for each method's difference to SeLoRA; an interval covering 0 is "
+        "marked not significant. Over seeds: scipy's paired t-test.", default={})
+
+    def check(self, key: str) -> None:
+        abl = self.ablation
+        if not (abl.setups and (abl.threshold or abl.test_interval)):
+            return
+        if "selora" not in self.methods:
+            raise ConfigError(f"{key}.ablation: needs selora in {key}.methods (its base point)")
+        for sub, main in (("setups", self.setups), ("seeds", self.seeds)):
+            extra = [v for v in getattr(abl, sub) if v not in main]
+            if extra:
+                raise ConfigError(f"{key}.ablation.{sub}: {extra} not in {key}.{sub}; the base point of "
+                                  "every ablation comes from the main grid")
+
+
+@dataclass(frozen=True)
+class Params:
+    seed: int = param("Seed of everything that is not a training run (synthetic data, pre-training, "
+                      "splits).", default=0)
+    paths: Paths = param("Fixed output locations (relative to the repository root). No timestamped "
+                         "folders.", default={})
+    base_model: BaseModelConfig = param("The Stable Diffusion model to fine-tune.", default={})
+    synthetic: SyntheticConfig = param("The embedded synthetic data written by `selora make-synthetic`.",
+                                       default={})
+    datasets: Sections = param("Where each data set's raw files are (the folder the user downloaded and "
+                               "unpacked).", registry="datasets", default={})
+    setups: dict[str, Setup] = param(
+        "One prepared data set each (data set × image size) with its protocol: split, batch size, epochs "
+        "(paper Section 3.5, Table 4, Appendix C). Keys name the setup (e.g. iu-xray-224).",
+        default={"synthetic-cxr-32": {"dataset": "synthetic-cxr", "size": 32,
+                                      "splits": {"train": 0.7, "validation": 0.1, "test": 0.2},
+                                      "batch_size": 8, "epochs": 6}})
+    methods: Sections = param("Adapter hyper-parameters per method (paper Section 3.5).",
+                              registry="methods", default={})
+    train: TrainConfig = param("The training protocol (paper Section 3.5, Table 4).", default={})
+    sample: SampleConfig = param("Sampling the test prompts with the best adapter.", default={})
+    evaluate: EvaluateConfig = param("Metrics (FID 64/192/2048, KID, CLIP score, finding accuracy).",
+                                     default={})
+    experiment: ExperimentConfig = param("The grid of runs (setups × methods × seeds) and the ablations.",
+                                         default={})
+    raw: dict[str, Any] = dataclasses.field(compare=False, repr=False, metadata={"schema": None})
+
+    def setup(self, name: str) -> Setup:
+        if name not in self.setups:
+            known = ", ".join(sorted(self.setups)) or "none"
+            raise ConfigError(f"setups: unknown setup {name!r}; known: {known}")
+        return self.setups[name]
+
+    def check(self, key: str) -> None:
+        """Every setup the grid uses is defined, and its data set has a raw-data folder."""
+        for name in [*self.experiment.setups, *self.experiment.ablation.setups]:
+            if name not in self.setups:
+                raise ConfigError(f"experiment.setups: {name!r} is not defined under setups")
+            dataset = self.setups[name].dataset
+            if not self.datasets.get(dataset).raw:
+                raise ConfigError(
+                    f"datasets.{dataset}.raw: setup {name!r} uses {dataset} but no raw-data folder is set")
