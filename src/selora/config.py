@@ -205,6 +205,7 @@ class EvaluateConfig:
     kid_subset_size: int
     reference_steps: int
     min_finding_accuracy: float
+    natural_reference: str | None
 
 
 @dataclass(frozen=True)
