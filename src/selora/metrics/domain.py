@@ -8,9 +8,10 @@ images, minus the generic radiographs it holds, which ARE radiographs).
 
 Features: the three FID taps side by side (128 + 32 + 16 = 176-d on the embedded default). The
 128-d tap alone is trained to read findings on radiographs and drops much of what tells a scene from
-a film: fitted on 280 real and 1,209 natural training images (400 reference steps), it called 6–14 %
-of 66 held-out natural scenes real (ridge 1e-3, 1e-2) and 96–99 % of 80 real test images; all three
-taps 1.5 % (one scene) and 100 %.
+a film. Measured on params.yaml's sets (448 real / 3,226 natural training images; held out 128 /
+174): the 128-d tap called 6–10 % of the natural test scenes real (ridge 1e-3, 1e-2) and 82–84 % of
+LoRA's and SeLoRA's samples; all three taps 0 % and 98–99 %.
+
 ``selora evaluate`` reports the share of a run's samples it calls real-domain (``domain_share``):
 adapters that turned the base model's scenes into radiographs score near 100 %, the base model's
 scenes near 0 %.
