@@ -37,13 +37,16 @@ def cxr(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def fitted(tmp_path_factory, cxr) -> dict:
+def fitted(tmp_path_factory, cxr, synthetic_dirs) -> dict:
+    """The reference of ``cxr``, with a domain probe against the session's natural scenes."""
     from selora.metrics.evaluate import fit_setup
 
     tmp = tmp_path_factory.mktemp("eval")
-    params = _params(tmp)
+    natural = synthetic_dirs["natural"]
+    params = _params(tmp, f"evaluate.natural_reference={natural}")
     info = fit_setup(params, SETUP, data=cxr)
-    return {"tmp": tmp, "params": params, "info": info, "ref": tmp / "results" / "reference" / SETUP}
+    return {"tmp": tmp, "params": params, "info": info, "ref": tmp / "results" / "reference" / SETUP,
+            "natural": natural}
 
 
 def _test_rows(cxr: Path) -> list[dict]:
@@ -136,6 +139,7 @@ def test_real_images_score_zero_and_degradations_show_in_the_right_metric(fitted
     real = write_run(results, "lora", 0, rows, [Image.open(r["path"]) for r in rows])
     m = evaluate_run(params, real, data=cxr)
     assert abs(m["fid"]) < 1e-6 and abs(m["fid_mid"]) < 1e-6 and abs(m["fid_low"]) < 1e-6
+    assert m["domain_share"] >= 0.95  # real radiographs are called radiographs
     assert m["finding_accuracy"] == pytest.approx(
         fitted["info"]["reference_network"]["real_test"]["accuracy"]
     )
@@ -170,6 +174,41 @@ def test_real_images_score_zero_and_degradations_show_in_the_right_metric(fitted
     assert wrong["finding_balanced_accuracy"] < m["finding_balanced_accuracy"] - 0.3
 
 
+def test_domain_probe_tells_real_radiographs_from_natural_scenes(fitted, cxr):
+    """Fitted on real training radiographs vs natural training scenes (the natural set's own
+    radiographs left out), it separates the held-out splits; scored as a run, real test images are
+    called in-domain and natural test scenes under the same prompts are not."""
+    from selora.imagefolder import read_manifest
+    from selora.metrics.evaluate import evaluate_run
+
+    probe = fitted["info"]["domain_probe"]
+    natural = read_manifest(fitted["natural"])
+    train_scenes = [r for r in natural if r["split"] == "train" and r["labels"]["kind"] == "scene"]
+    assert probe["n_train"] == {"real": 280, "natural": len(train_scenes)}
+    assert len(train_scenes) < sum(r["split"] == "train" for r in natural)  # radiographs were left out
+    held = probe["held_out"]
+    assert held["n_real"] == 80 and held["accuracy"] >= 0.97 and held["balanced_accuracy"] >= 0.97
+    assert held["real_called_real"] >= 0.95 and held["natural_called_real"] <= 0.05
+    assert (fitted["ref"] / "domain_probe.safetensors").is_file()
+
+    scenes = [r for r in natural if r["split"] == "test" and r["labels"]["kind"] == "scene"]
+    rows = _test_rows(cxr)[: len(scenes)]
+    run = write_run(fitted["tmp"] / "results", "adalora", 7, rows, [Image.open(r["path"]) for r in scenes])
+    m = evaluate_run(fitted["params"], run, data=cxr)
+    assert m["domain_share"] <= 0.05 and m["domain_probe"] == probe
+    assert "domain_share_skipped" not in m
+
+
+def test_an_absent_natural_set_fails_before_the_reference_trains(tmp_path, cxr):
+    from selora.errors import DatasetFormatError
+    from selora.metrics.evaluate import fit_setup
+
+    params = _params(tmp_path, "evaluate.reference_steps=1000000",  # would take hours if it trained
+                     f"evaluate.natural_reference={tmp_path / 'natural'}")
+    with pytest.raises(DatasetFormatError, match=r"natural_reference: .*natural does not exist"):
+        fit_setup(params, SETUP, data=cxr)
+
+
 # ----------------------------------------------------------------------------- bad input
 def _cli(args: list[str], capsys) -> tuple[int, str]:
     code = main(args)
@@ -182,6 +221,8 @@ def _eval_args(fitted, run: Path, cxr: Path) -> list[str]:
         *(a for kv in SETTINGS for a in ("--set", kv)),
         "--set",
         f"paths.results={fitted['tmp'] / 'results'}",
+        "--set",
+        f"evaluate.natural_reference={fitted['natural']}",
         "--run-dir",
         str(run),
         "--data",
@@ -197,6 +238,7 @@ def test_cli_scores_a_run_and_prints_one_line(fitted, cxr, capsys):
     code = main(_eval_args(fitted, run, cxr))
     out = capsys.readouterr().out
     assert code == 0 and "FID (reference)" in out and (run / "metrics.json").is_file()
+    assert "domain_share 1.000" in out
 
 
 @pytest.mark.parametrize(
@@ -341,6 +383,10 @@ def test_inception_feature_space_end_to_end(tmp_path):
     assert m["feature_space"]["dims"] == {"fid": 2048, "fid_mid": 192, "fid_low": 64}
     assert abs(m["fid"]) < 1e-6 and abs(m["fid_low"]) < 1e-6
     assert m["finding_accuracy"] is None and "failed its gate" in m["finding_accuracy_skipped"]
+    # evaluate.natural_reference null: no domain probe, and the share is absent with why (not 0).
+    assert info["domain_probe"] is None and not (tmp_path / "results" / "reference" / SETUP /
+                                                 "domain_probe.safetensors").exists()
+    assert m["domain_share"] is None and m["domain_share_skipped"] == "evaluate.natural_reference is null"
 
     # The fitted weights file changed since: refused by its hash.
     state = torch.load(weights, weights_only=True)
@@ -357,6 +403,7 @@ def test_inception_feature_space_end_to_end(tmp_path):
     for override, key in (
         (f"evaluate.inception_weights={tmp_path / 'x.pth'}", "inception_weights"),
         ("evaluate.min_finding_accuracy=0.5", "min_finding_accuracy"),
+        (f"evaluate.natural_reference={tmp_path}", "natural_reference"),
     ):
         with pytest.raises(ConfigError, match=f"fitted with other params \\({key}\\)"):
             evaluate_run(_params(tmp_path, *fitted, override), run, data=data)

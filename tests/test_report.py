@@ -182,6 +182,13 @@ def _write_samples_and_metrics(folder: Path, run: RunId, real_images: list[Path]
                 "clip_score_real": 30.0,
                 "finding_accuracy": 0.5 + 0.1 * idx,
                 "finding_balanced_accuracy": 0.4 + 0.1 * idx,
+                # The base model draws scenes; the adapters radiographs, a little more with the seed.
+                "domain_share": 0.05 if run.method == NO_ADAPTER else 0.9 + 0.02 * idx + 0.01 * run.seed,
+                "domain_probe": {
+                    "natural": "data/synthetic/natural",
+                    "held_out": {"real_called_real": 1.0, "natural_called_real": 0.015, "n_real": 160,
+                                 "n_natural": 66},
+                },
                 "reference_real_test": {
                     "n": 160,
                     "accuracy": 0.99,
@@ -288,6 +295,7 @@ def test_quality_table_states_its_configuration_and_aggregates_seeds(built):
         "accuracy 0.990",
         "'fake-clip'",
         "160 generated images covering 160 of 160 test prompts; KID over 50 subsets of 50",
+        "calls 100.0 % of 160 real test images and 1.5 % of 66 natural scenes real",
         "All configured runs",
     ):
         assert text.lower() in md.lower(), text
@@ -298,12 +306,26 @@ def test_quality_table_states_its_configuration_and_aggregates_seeds(built):
     assert selora[1] == "**9.000 ± 1.000**"  # lowest FID in bold
     assert lora[2] == "25.10 ± 0.10" and selora[2] == "**28.10 ± 0.10**"
     assert lora[5] == "0.011 ± 0.001"  # KID, as computed (no scaling)
+    # In-domain %: LoRA 0.90, 0.91, 0.92 over the seeds; the highest share in bold.
+    assert header[6] == "in-domain % ↑" and lora[6] == "91.0 ± 1.0" and selora[6] == "**97.0 ± 1.0**"
+    assert _row(md, "No adapter (base model)")[6] == "5.0"
     assert _row(md, "DyLoRA")[-3] == "70.0 ± 0.0"  # finding accuracy in % (last: exported params)
     summary = pd.read_csv(res / "tables" / "summary.csv")
     assert len(summary) == 17 and set(summary.status) == {"complete"}
     agg = pd.read_csv(res / "tables" / "aggregate.csv")
     row = agg[(agg.method == "lora") & (agg.variant == "default")].iloc[0]
     assert row.fid_mean == 11.0 and row.fid_std == 1.0 and row.fid_n == 3
+
+
+def test_in_domain_column_shows_when_a_run_has_it_or_params_plan_a_probe():
+    from selora.report.tables import _optional
+
+    planned, none = (load_params(None, [f"evaluate.natural_reference={n}"]) for n in ("scenes", "null"))
+    not_yet = pd.DataFrame({"has_metrics": [False]})
+    assert _optional(planned, SETUP, not_yet)[2] and not _optional(none, SETUP, not_yet)[2]
+    scored = pd.DataFrame({"has_metrics": [True], "domain_share": [None]})  # scored without a probe
+    assert not _optional(planned, SETUP, scored)[2]
+    assert _optional(none, SETUP, scored.assign(domain_share=[0.5]))[2]
 
 
 def test_quality_table_has_the_no_adapter_row_exported_parameters_and_comparisons(built):

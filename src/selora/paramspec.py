@@ -195,6 +195,10 @@ class EvaluateConfig:
     min_finding_accuracy: float = param(
         "The reference network must reach this balanced accuracy (mean per-class recall) on real test "
         "images before it judges generated ones.", **FRACTION, default=0.8)
+    natural_reference: str | None = param(
+        "Natural-scene imagefolder (its generic radiographs left out) the domain probe contrasts with the "
+        "real training images on the reference network's features; the report's in-domain % is the share "
+        "of samples it calls real. null: no probe.", default=None)
 
 
 @dataclass(frozen=True)

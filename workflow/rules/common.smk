@@ -1,4 +1,5 @@
 # Helpers shared by every phase file: the params files handed to `selora`, the run grid, paths.
+import os
 import shlex
 from pathlib import Path
 
@@ -73,6 +74,13 @@ def base_model_input():
 def metric_input():
     """The metric networks' local weights (FID Inception file or folder, CLIP folder), if any."""
     return local_folders(P.evaluate.inception_weights, P.evaluate.clip_model)
+
+
+def natural_input():
+    """The natural scenes the domain probe is fitted against (evaluate.natural_reference), if set:
+    make_synthetic writes the embedded ones first, and rewriting them refits the reference."""
+    natural = P.evaluate.natural_reference
+    return [os.path.normpath(os.path.expanduser(natural))] if natural else []
 
 
 def raw_input(wildcards):

@@ -1,13 +1,14 @@
 # Evaluate: the setup's reference (real test features; for the embedded default also the reference
-# network that reads the findings) once per setup, then every run's samples against it (and the
-# untouched base model's, sampled by sample_no_adapter). Each writes metrics.json and the generated
-# features the report bootstraps over.
+# network that reads the findings and the domain probe that tells radiographs from natural scenes)
+# once per setup, then every run's samples against it (and the untouched base model's, sampled by
+# sample_no_adapter). Each writes metrics.json and the generated features the report bootstraps over.
 
 
 rule fit_reference:
     input:
         data=f"{DATA}/prepared/{{setup}}",
         metrics=metric_input(),
+        natural=natural_input(),
     output:
         directory(f"{RESULTS}/reference/{{setup}}"),
     params:

@@ -1,12 +1,13 @@
 """Score generated images: FID at three feature depths (the paper's FID / FID 192 / FID 64), KID,
-CLIP score and finding accuracy. Two steps, as the workflow calls them:
+CLIP score, finding accuracy and the in-domain share. Two steps, as the workflow calls them:
 
 1. once per setup — fit the evaluation reference (real test features, reference network):
 
        selora evaluate --params params.yaml --setup synthetic-cxr-32 --fit-reference
            [--data data/prepared/synthetic-cxr-32] [--out results/reference/synthetic-cxr-32]
 
-   writes ``<out>/reference.json`` (+ ``real_features.safetensors``, ``reference.safetensors``).
+   writes ``<out>/reference.json`` (+ ``real_features.safetensors``, ``reference.safetensors``,
+   ``domain_probe.safetensors``).
 
 2. once per run — score its samples against that reference:
 
@@ -64,13 +65,16 @@ def run(args: argparse.Namespace) -> int:
             if net
             else ""
         )
+        if info.get("domain_probe"):
+            acc += f", domain probe held-out accuracy {info['domain_probe']['held_out']['accuracy']:.3f}"
         print(
             f"evaluation reference for {args.setup}: {info['feature_space']} features of "
             f"{info['real_features']['n']} real test images{acc}"
         )
         return 0
     m = evaluate_run(params, args.run_dir, args.reference, args.data, device)
-    extra = "".join(f", {k} {m[k]:.3f}" for k in ("clip_score", "finding_accuracy") if m.get(k) is not None)
+    shown = ("clip_score", "finding_accuracy", "domain_share")
+    extra = "".join(f", {k} {m[k]:.3f}" for k in shown if m.get(k) is not None)
     print(
         f"{args.run_dir}: FID ({m['feature_space']['name']}) {m['fid']:.3f}, "
         f"KID {m['kid_mean']:.4f} ± {m['kid_std']:.4f}{extra} → metrics.json"

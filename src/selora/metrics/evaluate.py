@@ -5,6 +5,7 @@ Reference folder (``<results>/reference/<setup>/``, written atomically by :func:
     reference.json               feature space, real-feature provenance, reference network report
     real_features.safetensors    real test-split features per tap ("fid", "fid_mid", "fid_low")
     reference.safetensors        the reference network (when the setup has categorical labels)
+    domain_probe.safetensors     real vs natural scenes on its features (evaluate.natural_reference)
 
 A run's ``metrics.json`` (:func:`evaluate_run`), with the feature space named so nobody mistakes a
 reference-network FID for an Inception FID::
@@ -17,6 +18,9 @@ reference-network FID for an Inception FID::
     clip_score, clip_score_real, clip_model             null when evaluate.clip_model is null
     finding_accuracy, finding_balanced_accuracy, finding_exact_match, findings (per finding)
                               null (+ finding_accuracy_skipped: why) without a passing reference network
+    domain_share, domain_probe  share of the images the domain probe (:mod:`selora.metrics.domain`) calls
+                              real-domain, and the probe's held-out report; null (+ domain_share_skipped:
+                              why) without a probe
     n_generated, n_real, prompts_covered, test_prompts, reference, features_file, provenance
 
 and ``features.safetensors`` beside it: the generated images' final-tap features ("fid", float64
@@ -39,6 +43,7 @@ from selora.errors import ConfigError, DatasetFormatError, MissingWeightsError, 
 from selora.imagefolder import read_manifest, split_hash
 from selora.io import Provenance, atomic_dir, atomic_path, file_sha256, report_leftovers, write_json
 from selora.metrics import frechet
+from selora.metrics.domain import DomainProbe, fit_domain_probe, natural_scenes, probe_features
 from selora.metrics.reference import (
     ReferenceModel,
     encode_labels,
@@ -127,6 +132,7 @@ def _fit_params(params: Params) -> dict[str, Any]:
         "reference_steps": ev.reference_steps,
         "min_finding_accuracy": ev.min_finding_accuracy,
         "inception_weights": ev.inception_weights,
+        "natural_reference": ev.natural_reference,
     }
 
 
@@ -162,6 +168,8 @@ def fit_setup(
     inception = _inception(params, device) if space == "inception" else None  # fail fast on absent weights
     ev = params.evaluate
     schema = label_schema(cfg.dataset, split["train"])
+    # The natural scenes are read (and checked) before the reference network trains, not after.
+    scenes = natural_scenes(ev.natural_reference) if ev.natural_reference and schema else None
     info: dict[str, Any] = {
         "setup": setup,
         "dataset": cfg.dataset,
@@ -206,9 +214,12 @@ def fit_setup(
                     f"evaluate.min_finding_accuracy {ev.min_finding_accuracy}: raise "
                     "evaluate.reference_steps or check the data; it will not judge generated images"
                 )
+            info.update(_fit_probe(model, split, scenes, ev.natural_reference, tmp))
         else:
             info["reference_network"] = None
             info["reference_network_skipped"] = f"dataset {cfg.dataset} has no categorical labels"
+            info["domain_probe"] = None
+            info["domain_probe_skipped"] = "no reference network to give the domain probe features"
             if space == "reference":
                 raise ConfigError(
                     f"evaluate.feature_space: setup {setup} (dataset {cfg.dataset}) has no categorical "
@@ -234,6 +245,22 @@ def fit_setup(
         info["provenance"] = prov.as_dict()
         write_json(tmp / REFERENCE_JSON, info)
     return info
+
+
+def _fit_probe(
+    model: ReferenceModel,
+    split: dict[str, list[dict[str, Any]]],
+    scenes: dict[str, list[dict[str, Any]]] | None,
+    natural: str | None,
+    out: Path,
+) -> dict[str, Any]:
+    """reference.json's domain probe entries; the probe itself is saved into ``out``."""
+    if scenes is None or natural is None:
+        return {"domain_probe": None, "domain_probe_skipped": "evaluate.natural_reference is null"}
+    paths = {k: [r["path"] for r in v] for k, v in split.items()}
+    probe, report = fit_domain_probe(model, paths["train"], paths["test"], scenes, natural)
+    probe.save(out)
+    return {"domain_probe": report}
 
 
 def load_reference(folder: Path, setup: str) -> dict[str, Any]:
@@ -348,6 +375,7 @@ def evaluate_run(
         )
     else:
         metrics["finding_accuracy_skipped"] = ref.get("reference_network_skipped", "no reference network")
+    metrics.update(_domain_share(ref, ref_dir, ref_taps if model is not None else None))
     metrics["reference"] = str(ref_dir)
     # What was scored (metrics are always recomputed, never reused: these only make it traceable).
     metrics["inputs"] = {
@@ -361,6 +389,17 @@ def evaluate_run(
     metrics["provenance"] = prov.as_dict()
     write_json(run_dir / METRICS_JSON, metrics)
     return metrics
+
+
+def _domain_share(ref: dict[str, Any], ref_dir: Path, taps: dict[str, torch.Tensor] | None) -> dict[str, Any]:
+    """The share of the samples the domain probe calls real-domain; null with the reason when the
+    reference holds no probe (never 0: no probe is not "no radiographs")."""
+    probe_info = ref.get("domain_probe")
+    if probe_info is None or taps is None:
+        why = ref.get("domain_probe_skipped", "the reference holds no domain probe")
+        return {"domain_share": None, "domain_share_skipped": why}
+    called = DomainProbe.from_folder(ref_dir).calls_real(probe_features(taps))
+    return {"domain_share": float(called.double().mean()), "domain_probe": probe_info}
 
 
 def save_run_features(path: Path, features: torch.Tensor, real_index: torch.Tensor,

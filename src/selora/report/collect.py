@@ -38,6 +38,7 @@ METRIC_KEYS = (
     "finding_accuracy",
     "finding_balanced_accuracy",
     "finding_exact_match",
+    "domain_share",
     "n_generated",
     "features_file",
 )

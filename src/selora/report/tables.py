@@ -141,6 +141,7 @@ def feature_space_of(col: Collected, setup: str, params: Params | None = None) -
                 {
                     **fs,
                     "reference_real_test": m.get("reference_real_test"),
+                    "domain_probe": m.get("domain_probe"),
                     "clip_model": m.get("clip_model"),
                 },
             )
@@ -200,8 +201,23 @@ def config_block(
         + (", ".join(map(str, steps)) if steps else "no training logs yet"),
         f"- **Feature space** of FID/KID: {fs}",
         "- **CLIP score**: " + (f"model {clip!r}" if clip else "not computed (evaluate.clip_model is null)"),
+        *_domain_lines(space),
         *_sample_lines(runs),
         "- Cells: mean ± sample std (ddof 1) over seeds; `⚠ n=k/N` = only k of N configured seeds present.",
+    ]
+
+
+def _domain_lines(space: dict[str, Any]) -> list[str]:
+    """What the in-domain % column measures and how well its probe tells the domains apart."""
+    probe = space.get("domain_probe")
+    if not probe:
+        return []
+    h = probe["held_out"]
+    return [
+        f"- **In-domain %**: share of a run's images a logistic-regression probe on the reference "
+        f"features calls real rather than a natural scene of `{probe['natural']}`; on held-out images "
+        f"it calls {100 * h['real_called_real']:.1f} % of {h['n_real']} real test images and "
+        f"{100 * h['natural_called_real']:.1f} % of {h['n_natural']} natural scenes real"
     ]
 
 
@@ -267,7 +283,9 @@ def table(
     return pd.DataFrame(out)
 
 
-def quality_columns(space: dict[str, Any], with_clip: bool, with_findings: bool) -> list[Column]:
+def quality_columns(
+    space: dict[str, Any], with_clip: bool, with_findings: bool, with_domain: bool = False
+) -> list[Column]:
     lab = fid_labels(space)
     cols = [Column("fid", lab["fid"] + " ↓", "lower", _f(3))]
     if with_clip:
@@ -277,6 +295,8 @@ def quality_columns(space: dict[str, Any], with_clip: bool, with_findings: bool)
         Column("fid_mid", lab["fid_mid"] + " ↓", "lower", _f(3)),
         Column("kid_mean", "KID ↓", "lower", lambda x: f"{x:.4g}"),
     ]
+    if with_domain:
+        cols.append(Column("domain_share", "in-domain % ↑", "higher", _f(1), 100.0))
     if with_findings:
         cols += [
             Column("finding_accuracy", "Finding acc. % ↑", "higher", _f(1), 100.0),
@@ -289,15 +309,17 @@ def _has(runs: pd.DataFrame, key: str) -> bool:
     return key in runs and runs[key].notna().any()
 
 
-def _optional(params: Params, setup: str, runs: pd.DataFrame) -> tuple[bool, bool]:
-    """Show CLIP score / finding accuracy columns: when any run has them, or, before any run is
-    evaluated, when params say they will be computed."""
+def _optional(params: Params, setup: str, runs: pd.DataFrame) -> tuple[bool, bool, bool]:
+    """Show CLIP score / finding accuracy / in-domain % columns: when any run has them, or, before
+    any run is evaluated, when params say they will be computed."""
     evaluated = "has_metrics" in runs and runs["has_metrics"].any()
     clip = _has(runs, "clip_score") or (not evaluated and bool(params.evaluate.clip_model))
     from selora.data.registry import dataset_spec
 
     labels = dataset_spec(params.setup(setup).dataset).findings is not None
-    return clip, _has(runs, "finding_accuracy") or (not evaluated and labels)
+    probe = labels and bool(params.evaluate.natural_reference)
+    domain = _has(runs, "domain_share") or (not evaluated and probe)
+    return clip, _has(runs, "finding_accuracy") or (not evaluated and labels), domain
 
 
 def grid_runs(params: Params, col: Collected, setups: list[str], no_adapter: bool = False) -> pd.DataFrame:
