@@ -106,6 +106,7 @@ def _toy_params(tmp: Path, tiny: Path) -> Path:
     data = load_params(ROOT / "params.yaml").raw
     data["paths"] = {"data": str(tmp / "data"), "models": str(tiny.parent), "results": str(tmp / "results")}
     data["datasets"]["toy-shades"] = {"raw": str(_toy_raw(tmp / "raw"))}
+    data["evaluate"]["natural_reference"] = None  # no natural scenes in this tree: no domain probe
     data["setups"] = {"toy-shades-32": {"dataset": "toy-shades", "size": 32, "batch_size": 4, "epochs": 1,
                                         "max_steps": 3, "splits": {"train": 0.6, "validation": 0.2,
                                                                    "test": 0.2}}}

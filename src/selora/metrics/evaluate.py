@@ -51,7 +51,7 @@ from selora.metrics.reference import (
     fit_reference,
     label_schema,
 )
-from selora.metrics.samples import SampleError, load_images, match_test_rows, read_samples
+from selora.metrics.samples import Sample, SampleError, load_images, match_test_rows, read_samples
 from selora.runlayout import RunId, data_identity, prepared_dir, run_id_from_path
 
 REFERENCE_JSON = "reference.json"
@@ -181,70 +181,80 @@ def fit_setup(
         "fitted_with": _fit_params(params),
     }
     with atomic_dir(out) as tmp:
-        model = None
-        if schema:
-            model, training = fit_reference(
-                cfg.dataset,
-                cfg.size,
-                split["train"],
-                split["validation"],
-                ev.reference_steps,
-                params.seed,
-                schema,
-            )
-            test = split["test"]
-            scores = finding_scores(
-                model.run(model.load([r["path"] for r in test]))[1], encode_labels(test, schema), schema
-            )
-            passed = scores["balanced_accuracy"] >= ev.min_finding_accuracy
-            info["reference_network"] = {
-                "architecture": model.save(tmp),
-                "training": training,
-                "real_test": scores,
-                "gate": {
-                    "metric": "balanced_accuracy",
-                    "min_finding_accuracy": ev.min_finding_accuracy,
-                    "passed": passed,
-                },
-            }
-            if not passed and space == "reference":
-                raise ReferenceGateError(
-                    f"reference network for {setup} reaches balanced finding accuracy "
-                    f"{scores['balanced_accuracy']:.3f} on the {len(test)} real test images, below "
-                    f"evaluate.min_finding_accuracy {ev.min_finding_accuracy}: raise "
-                    "evaluate.reference_steps or check the data; it will not judge generated images"
-                )
+        # The reference network reads the findings (when the data set has labels); its gate.
+        model, network = _fit_network(params, setup, split, schema, space, tmp)
+        info.update(network)
+        # The domain probe on its features (evaluate.natural_reference).
+        if model is not None:
             info.update(_fit_probe(model, split, scenes, ev.natural_reference, tmp))
         else:
-            info["reference_network"] = None
-            info["reference_network_skipped"] = f"dataset {cfg.dataset} has no categorical labels"
             info["domain_probe"] = None
             info["domain_probe_skipped"] = "no reference network to give the domain probe features"
-            if space == "reference":
-                raise ConfigError(
-                    f"evaluate.feature_space: setup {setup} (dataset {cfg.dataset}) has no categorical "
-                    "labels to train the reference network; set evaluate.inception_weights (Inception "
-                    "FID) instead"
-                )
-        test_paths = [r["path"] for r in split["test"]]
-        if inception is not None:
-            net, desc = inception
-            real = _extract(net, load_images(test_paths, mode="RGB"), device)
-        else:
-            assert model is not None
-            desc = {
-                "name": "reference",
-                "dims": model.dims,
-                "label": f"reference CNN trained on the real {setup} training images (not Inception)",
-            }
-            real = model.run(model.load(test_paths))[0]
+        # The real test images' features in the configured feature space.
+        real, desc = _real_features(inception, model, [r["path"] for r in split["test"]], setup, device)
         from safetensors.torch import save_file
 
         save_file({k: v.contiguous() for k, v in real.items()}, tmp / REAL_FEATURES)
-        info["real_features"] = {**desc, "split": "test", "n": len(test_paths)}
+        info["real_features"] = {**desc, "split": "test", "n": len(split["test"])}
         info["provenance"] = prov.as_dict()
         write_json(tmp / REFERENCE_JSON, info)
     return info
+
+
+def _fit_network(params: Params, setup: str, split: dict[str, list[dict[str, Any]]], schema: Any,
+                 space: str, out: Path) -> tuple[ReferenceModel | None, dict[str, Any]]:
+    """Train the reference network on the real training images and score it on the real test
+    images against its gate; saved into ``out``. (None, why) when the data set has no labels."""
+    cfg, ev = params.setup(setup), params.evaluate
+    if not schema:
+        if space == "reference":
+            raise ConfigError(
+                f"evaluate.feature_space: setup {setup} (dataset {cfg.dataset}) has no categorical "
+                "labels to train the reference network; set evaluate.inception_weights (Inception "
+                "FID) instead"
+            )
+        return None, {"reference_network": None,
+                      "reference_network_skipped": f"dataset {cfg.dataset} has no categorical labels"}
+    model, training = fit_reference(
+        cfg.dataset, cfg.size, split["train"], split["validation"], ev.reference_steps, params.seed, schema
+    )
+    test = split["test"]
+    scores = finding_scores(
+        model.run(model.load([r["path"] for r in test]))[1], encode_labels(test, schema), schema
+    )
+    passed = scores["balanced_accuracy"] >= ev.min_finding_accuracy
+    network = {
+        "architecture": model.save(out),
+        "training": training,
+        "real_test": scores,
+        "gate": {"metric": "balanced_accuracy", "min_finding_accuracy": ev.min_finding_accuracy,
+                 "passed": passed},
+    }
+    if not passed and space == "reference":
+        raise ReferenceGateError(
+            f"reference network for {setup} reaches balanced finding accuracy "
+            f"{scores['balanced_accuracy']:.3f} on the {len(test)} real test images, below "
+            f"evaluate.min_finding_accuracy {ev.min_finding_accuracy}: raise "
+            "evaluate.reference_steps or check the data; it will not judge generated images"
+        )
+    return model, {"reference_network": network}
+
+
+def _real_features(
+    inception: tuple[Any, dict[str, Any]] | None, model: ReferenceModel | None, paths: list[str], setup: str,
+    device: str,
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The real test images' features per tap and a description of the extractor."""
+    if inception is not None:
+        net, desc = inception
+        return _extract(net, load_images(paths, mode="RGB"), device), desc
+    assert model is not None
+    desc = {
+        "name": "reference",
+        "dims": model.dims,
+        "label": f"reference CNN trained on the real {setup} training images (not Inception)",
+    }
+    return model.run(model.load(paths))[0], desc
 
 
 def _fit_probe(
@@ -294,40 +304,28 @@ def evaluate_run(
     report_leftovers(run_dir, of=METRICS_JSON)
     samples = read_samples(run_dir)
     run = run_id_of(params, run_dir)
+
+    # The reference and the prepared test split it was fitted on, both checked current.
     ref_dir = Path(reference) if reference else reference_dir(params, run.setup)
-    ref = load_reference(ref_dir, run.setup)
-    space = feature_space(params)
-    refit = f"rerun `selora evaluate --fit-reference --setup {run.setup}`"
-    if ref["feature_space"] != space:
-        raise ConfigError(
-            f"{ref_dir} holds {ref['feature_space']} features but params ask for {space}: {refit}"
-        )
-    stale = {k: v for k, v in _fit_params(params).items() if ref.get("fitted_with", {}).get(k) != v}
-    if stale:
-        raise ConfigError(f"{ref_dir} was fitted with other params ({', '.join(sorted(stale))}): {refit}")
-    data = Path(data) if data else prepared_dir(params, run.setup)
-    rows = read_manifest(data)
-    if split_hash(rows) != ref["split_hash"] or ref.get("data_identity") != data_identity(data):
-        # Same split but other image bytes (a re-preparation) makes the real features stale too.
-        raise DatasetFormatError(f"{data} is not the preparation {ref_dir} was fitted on: {refit}")
-    test_rows = [r for r in rows if r["split"] == "test"]
+    ref = _current_reference(params, ref_dir, run.setup)
+    test_rows = _test_rows(Path(data) if data else prepared_dir(params, run.setup), ref, ref_dir, run.setup)
     matched = match_test_rows(samples, test_rows, str(run_dir / "samples" / "manifest.jsonl"))
     paths = [s.path for s in samples]
 
-    model = pred = None
+    # Features of the generated images (and the findings the reference network reads in them).
+    model = pred = ref_taps = None
     net_info = ref.get("reference_network")
     if net_info is not None:
         model = ReferenceModel.from_folder(ref_dir, net_info["architecture"])
         ref_taps, pred = model.run(model.load(paths))  # reference features, predicted findings [N, K]
-    if space == "inception":
-        net, desc = _inception(params, device)
-        if desc["weights_sha256"] != ref["real_features"].get("weights_sha256"):
-            raise ConfigError(f"the Inception weights differ from those {ref_dir} was fitted with: {refit}")
-        fake = _extract(net, load_images(paths, mode="RGB"), device)
+    if ref["feature_space"] == "inception":
+        fake = _inception_features(params, ref, ref_dir, paths, device)
     else:
-        assert model is not None
+        assert ref_taps is not None  # the reference-network space: its taps are the features
         fake = ref_taps
     real = load_file(ref_dir / REAL_FEATURES)
+
+    # The scores: FID at each tap, KID, CLIP score, finding accuracy, in-domain share.
     ev = params.evaluate
     metrics: dict[str, Any] = {
         "run": {"setup": run.setup, "method": run.method, "variant": run.variant, "seed": run.seed},
@@ -342,42 +340,12 @@ def evaluate_run(
     metrics.update(
         frechet.kid(real["fid"], fake["fid"], ev.kid_subsets, ev.kid_subset_size, seed=params.seed)
     )
+    metrics.update(_clip_scores(ev.clip_model, samples, test_rows, device))
+    metrics.update(_finding_metrics(ref, model, pred, matched))
+    metrics.update(_domain_share(ref, ref_dir, ref_taps))
 
-    metrics["clip_model"] = ev.clip_model
-    metrics["clip_score"] = metrics["clip_score_real"] = None
-    if ev.clip_model:
-        from selora.metrics.clip import clip_score, load_clip
-
-        clip, processor = load_clip(ev.clip_model)
-        clip = clip.to(device)
-        metrics["clip_score"] = clip_score(
-            load_images(paths, "RGB").to(device), [s.prompt for s in samples], clip, processor
-        )
-        metrics["clip_score_real"] = clip_score(
-            load_images([r["path"] for r in test_rows], "RGB").to(device),
-            [r["text"] for r in test_rows],
-            clip,
-            processor,
-        )
-
-    metrics["finding_accuracy"] = None
-    if model is not None and pred is not None and net_info["gate"]["passed"]:
-        scores = finding_scores(pred, encode_labels(matched, model.schema), model.schema)
-        metrics["finding_accuracy"] = scores["accuracy"]
-        metrics["finding_balanced_accuracy"] = scores["balanced_accuracy"]
-        metrics["finding_exact_match"] = scores["exact_match"]
-        metrics["findings"] = scores
-        metrics["reference_real_test"] = net_info["real_test"]
-    elif net_info is not None:
-        metrics["finding_accuracy_skipped"] = (
-            f"reference network failed its gate on real images (balanced accuracy "
-            f"{net_info['real_test']['balanced_accuracy']:.3f} < {net_info['gate']['min_finding_accuracy']})"
-        )
-    else:
-        metrics["finding_accuracy_skipped"] = ref.get("reference_network_skipped", "no reference network")
-    metrics.update(_domain_share(ref, ref_dir, ref_taps if model is not None else None))
-    metrics["reference"] = str(ref_dir)
     # What was scored (metrics are always recomputed, never reused: these only make it traceable).
+    metrics["reference"] = str(ref_dir)
     metrics["inputs"] = {
         "samples_manifest_sha256": file_sha256(run_dir / "samples" / "manifest.jsonl"),
         "reference_sha256": file_sha256(ref_dir / REFERENCE_JSON),
@@ -389,6 +357,92 @@ def evaluate_run(
     metrics["provenance"] = prov.as_dict()
     write_json(run_dir / METRICS_JSON, metrics)
     return metrics
+
+
+def _refit(setup: str) -> str:
+    return f"rerun `selora evaluate --fit-reference --setup {setup}`"
+
+
+def _current_reference(params: Params, ref_dir: Path, setup: str) -> dict[str, Any]:
+    """reference.json of ``ref_dir``, refused when the params ask for another feature space or
+    were changed in a key the reference was fitted with."""
+    ref = load_reference(ref_dir, setup)
+    space = feature_space(params)
+    refit = _refit(setup)
+    if ref["feature_space"] != space:
+        raise ConfigError(
+            f"{ref_dir} holds {ref['feature_space']} features but params ask for {space}: {refit}"
+        )
+    stale = {k: v for k, v in _fit_params(params).items() if ref.get("fitted_with", {}).get(k) != v}
+    if stale:
+        raise ConfigError(f"{ref_dir} was fitted with other params ({', '.join(sorted(stale))}): {refit}")
+    return ref
+
+
+def _test_rows(data: Path, ref: dict[str, Any], ref_dir: Path, setup: str) -> list[dict[str, Any]]:
+    """The prepared test rows, refused unless they are the preparation the reference was fitted on."""
+    rows = read_manifest(data)
+    if split_hash(rows) != ref["split_hash"] or ref.get("data_identity") != data_identity(data):
+        # Same split but other image bytes (a re-preparation) makes the real features stale too.
+        raise DatasetFormatError(f"{data} is not the preparation {ref_dir} was fitted on: {_refit(setup)}")
+    return [r for r in rows if r["split"] == "test"]
+
+
+def _inception_features(params: Params, ref: dict[str, Any], ref_dir: Path, paths: list[Path],
+                        device: str) -> dict[str, torch.Tensor]:
+    """The generated images' Inception features, with the weights the reference was fitted with."""
+    net, desc = _inception(params, device)
+    if desc["weights_sha256"] != ref["real_features"].get("weights_sha256"):
+        raise ConfigError(
+            f"the Inception weights differ from those {ref_dir} was fitted with: {_refit(ref['setup'])}"
+        )
+    return _extract(net, load_images(paths, mode="RGB"), device)
+
+
+def _clip_scores(clip_model: str | None, samples: list[Sample], test_rows: list[dict[str, Any]],
+                 device: str) -> dict[str, Any]:
+    """CLIP score of the samples with their prompts and of the real test images with theirs."""
+    out: dict[str, Any] = {"clip_model": clip_model, "clip_score": None, "clip_score_real": None}
+    if not clip_model:
+        return out
+    from selora.metrics.clip import clip_score, load_clip
+
+    clip, processor = load_clip(clip_model)
+    clip = clip.to(device)
+    out["clip_score"] = clip_score(
+        load_images([s.path for s in samples], "RGB").to(device), [s.prompt for s in samples], clip, processor
+    )
+    out["clip_score_real"] = clip_score(
+        load_images([r["path"] for r in test_rows], "RGB").to(device),
+        [r["text"] for r in test_rows],
+        clip,
+        processor,
+    )
+    return out
+
+
+def _finding_metrics(ref: dict[str, Any], model: ReferenceModel | None, pred: torch.Tensor | None,
+                     matched: list[dict[str, Any]]) -> dict[str, Any]:
+    """How often the findings the reference network reads match the prompts' (null with why when
+    there is no network, or it failed its gate on real images)."""
+    net_info = ref.get("reference_network")
+    if net_info is None:
+        return {"finding_accuracy": None,
+                "finding_accuracy_skipped": ref.get("reference_network_skipped", "no reference network")}
+    if not net_info["gate"]["passed"]:
+        return {"finding_accuracy": None, "finding_accuracy_skipped": (
+            f"reference network failed its gate on real images (balanced accuracy "
+            f"{net_info['real_test']['balanced_accuracy']:.3f} < {net_info['gate']['min_finding_accuracy']})"
+        )}
+    assert model is not None and pred is not None
+    scores = finding_scores(pred, encode_labels(matched, model.schema), model.schema)
+    return {
+        "finding_accuracy": scores["accuracy"],
+        "finding_balanced_accuracy": scores["balanced_accuracy"],
+        "finding_exact_match": scores["exact_match"],
+        "findings": scores,
+        "reference_real_test": net_info["real_test"],
+    }
 
 
 def _domain_share(ref: dict[str, Any], ref_dir: Path, taps: dict[str, torch.Tensor] | None) -> dict[str, Any]:
