@@ -21,6 +21,7 @@ from PIL import Image
 from selora.adapters import method_specs
 from selora.config import load_params
 from selora.data.registry import dataset_specs
+from selora.errors import ConfigError
 from selora.schemagen import SCHEMA_PATH, current_schema_text, main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -179,7 +180,6 @@ def test_every_declared_bound_binds_params_files_and_adapters_built_directly():
     bound is refused at the same key by the params schema (a params file) and by the adapter built
     directly from the class (tests, benchmarks, a notebook)."""
     from selora.adapters import create_adapter
-    from selora.errors import ConfigError
     from selora.sections import section_schema
 
     outside = {"minimum": -1, "exclusiveMinimum": 0, "maximum": 1, "exclusiveMaximum": 0}
@@ -199,3 +199,19 @@ def test_every_declared_bound_binds_params_files_and_adapters_built_directly():
                     create_adapter(spec.name, spec.config(**{**defaults, field: bad}), seed=0)
                 checked += 1
     assert checked >= 15  # every method has bounded fields; a declaration lost its bounds otherwise
+
+
+def test_the_proposed_method_is_declared_once_by_its_registration(monkeypatch):
+    """Which method the tables compare everything with and whose λ / t the ablations vary is the
+    registration's ``proposed=True`` (SeLoRA's), not a name spelled in the report or the run grid."""
+    from selora.adapters import base
+    from selora.runlayout import grid
+
+    assert base.proposed_method() == "selora"
+    p = load_params(ROOT / "params.yaml")
+    assert {r.method for r in grid(p) if r.variant != "default"} == {"selora"}
+    twin = base.MethodSpec("twin", base._REGISTRY["lora"].adapter, base._REGISTRY["lora"].config, "Twin", 9,
+                           proposed=True)
+    monkeypatch.setitem(base._REGISTRY, "twin", twin)
+    with pytest.raises(ConfigError, match="exactly one method"):
+        base.proposed_method()

@@ -242,8 +242,10 @@ class ExperimentConfig:
         abl = self.ablation
         if not (abl.setups and (abl.threshold or abl.test_interval)):
             return
-        if "selora" not in self.methods:
-            raise ConfigError(f"{key}.ablation: needs selora in {key}.methods (its base point)")
+        from selora.adapters.base import proposed_method
+
+        if (proposed := proposed_method()) not in self.methods:
+            raise ConfigError(f"{key}.ablation: needs {proposed} in {key}.methods (its base point)")
         for sub, main in (("setups", self.setups), ("seeds", self.seeds)):
             extra = [v for v in getattr(abl, sub) if v not in main]
             if extra:

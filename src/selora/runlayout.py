@@ -94,9 +94,12 @@ def variant_overrides(method: str, variant: str) -> list[str]:
         raise ConfigError(
             f"variant {variant!r}: expected 'default' or '<key>-<value>' with key in {ABLATION_KEYS}"
         )
-    if method != "selora":
-        raise ConfigError(f"variant {variant!r} only applies to selora, not {method}")
-    return [f"methods.selora.{key}={value}"]
+    from selora.adapters.base import proposed_method
+
+    proposed = proposed_method()
+    if method != proposed:
+        raise ConfigError(f"variant {variant!r} only applies to {proposed}, not {method}")
+    return [f"methods.{proposed}.{key}={value}"]
 
 
 def run_dir(params: Params, run: RunId) -> Path:
@@ -110,7 +113,9 @@ def prepared_dir(params: Params, setup: str) -> Path:
 
 def grid(params: Params) -> list[RunId]:
     """Every run the experiment needs: the main grid, then the ablation points (whose base point,
-    methods.selora's own λ and t, is the main grid's selora run)."""
+    the proposed method's own λ and t, is the main grid's run of it)."""
+    from selora.adapters.base import proposed_method
+
     runs: list[RunId] = []
     exp = params.experiment
     for setup in exp.setups:
@@ -122,7 +127,7 @@ def grid(params: Params) -> list[RunId]:
         for key in ABLATION_KEYS:
             for value in getattr(abl, key):
                 for seed in abl.seeds:
-                    runs.append(RunId(setup, "selora", variant_name(key, value), seed))
+                    runs.append(RunId(setup, proposed_method(), variant_name(key, value), seed))
     return runs
 
 

@@ -52,13 +52,14 @@ class MethodSpec:
     config: type  # frozen dataclass of methods.<name> (its fields declare the schema: selora.sections)
     label: str  # the name tables, figures and the paper's published results use
     order: int  # position in the default grid and the tables (then by name)
+    proposed: bool = False  # the method under study: compared with every other, its params ablated
 
 
 _REGISTRY: dict[str, MethodSpec] = {}
 
 
-def register(name: str, config: type, *, label: str | None = None,
-             order: int = 100) -> Callable[[type[Adapter]], type[Adapter]]:
+def register(name: str, config: type, *, label: str | None = None, order: int = 100,
+             proposed: bool = False) -> Callable[[type[Adapter]], type[Adapter]]:
     """Class decorator: make a method available under ``name`` with its params section class
     ``config`` (as peft's ``register_peft_method(name, config_cls, model_cls)``)."""
 
@@ -66,7 +67,7 @@ def register(name: str, config: type, *, label: str | None = None,
         if name in _REGISTRY and _REGISTRY[name].adapter is not cls:
             raise ValueError(f"adapter method {name!r} is registered twice")
         cls.name = name
-        _REGISTRY[name] = MethodSpec(name, cls, config, label or name, order)
+        _REGISTRY[name] = MethodSpec(name, cls, config, label or name, order, proposed)
         return cls
 
     return deco
@@ -97,6 +98,15 @@ def method_spec(name: str) -> MethodSpec:
     if name not in _REGISTRY:
         raise ConfigError(f"method: unknown method {name!r}; registered: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name]
+
+
+def proposed_method() -> str:
+    """The method the benchmark studies (registered with ``proposed=True``: SeLoRA): the quality
+    tables compare every other method with it, and the λ / t ablations vary its params."""
+    names = [m.name for m in method_specs() if m.proposed]
+    if len(names) != 1:
+        raise ConfigError(f"exactly one method must be registered with proposed=True, found {names}")
+    return names[0]
 
 
 def registered_methods() -> list[str]:

@@ -71,7 +71,7 @@ class SeLoraConfig:
             raise ConfigError(f"{key}.max_rank: below {key}.init_rank")
 
 
-@register("selora", SeLoraConfig, label="SeLoRA", order=3)
+@register("selora", SeLoraConfig, label="SeLoRA", order=3, proposed=True)
 class SeLoraAdapter(Adapter):
     """SeLoRA behind the :class:`~selora.adapters.base.Adapter` interface."""
 

@@ -73,7 +73,7 @@ def _method(text: str, params: Params) -> tuple[str, str]:
     if not lam:
         return method, DEFAULT_VARIANT
     value = float(lam)
-    return method, DEFAULT_VARIANT if value == params.methods.selora.threshold else variant_name(
+    return method, DEFAULT_VARIANT if value == params.methods[method].threshold else variant_name(
         "threshold", value
     )
 

@@ -28,7 +28,6 @@ from selora.metrics.stats import PairedTest, RunFeatures, bootstrap, covers_zero
 from selora.report.collect import Collected
 from selora.runlayout import DEFAULT_VARIANT, NO_ADAPTER, RunId
 
-BASELINE = "selora"  # every method is compared with SeLoRA, the method the paper claims is best
 METRIC_KEYS = {"fid": "fid", "kid": "kid_mean"}  # bootstrap metric → metrics.json key
 
 
@@ -109,9 +108,11 @@ def _values(runs: pd.DataFrame, method: str, key: str) -> dict[int, float]:
 def compare(runs: pd.DataFrame, boot: SetupBootstrap | None, setup: str, method: str,
             metric: str, seeds: Sequence[int]) -> Comparison:
     """``method`` − SeLoRA on ``metric`` ("fid" | "kid") over the shared ``seeds`` of ``setup``."""
-    key = METRIC_KEYS[metric]
+    from selora.adapters.base import proposed_method
+
+    key, baseline = METRIC_KEYS[metric], proposed_method()
     runs = runs[(runs.setup == setup) & (runs.variant == DEFAULT_VARIANT)]
-    base = _values(runs, BASELINE, key)
+    base = _values(runs, baseline, key)
     other = _values(runs, method, key)
     if method == NO_ADAPTER:  # one run, paired with every SeLoRA seed
         value = next(iter(other.values()), None)
@@ -124,7 +125,7 @@ def compare(runs: pd.DataFrame, boot: SetupBootstrap | None, setup: str, method:
     if boot is None or not boot.samples or not shared:
         return Comparison(metric, shared, paired)
     try:
-        base_run = {s: RunId(setup, BASELINE, DEFAULT_VARIANT, s) for s in shared}
+        base_run = {s: RunId(setup, baseline, DEFAULT_VARIANT, s) for s in shared}
         diffs = np.mean([boot.samples[run_of[s]][metric] - boot.samples[base_run[s]][metric] for s in shared],
                         axis=0)
     except KeyError:

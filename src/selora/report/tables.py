@@ -342,12 +342,13 @@ def comparison_block(params: Params, runs: pd.DataFrame, boot: SetupBootstrap | 
                      space: dict[str, Any]) -> list[str]:
     """Every other method (and no adapter) against SeLoRA: FID/KID difference, its bootstrap
     interval over test images, whether it is significant, and the paired t-test over seeds."""
-    from selora.report.significance import BASELINE, compare
+    from selora.adapters.base import proposed_method
+    from selora.report.significance import compare
 
-    exp = params.experiment
-    if BASELINE not in exp.methods:
-        return ["No comparison with SeLoRA: selora is not in experiment.methods."]
-    others = [m for m in exp.methods if m != BASELINE] + ([NO_ADAPTER] if exp.no_adapter else [])
+    exp, baseline = params.experiment, proposed_method()
+    if baseline not in exp.methods:
+        return [f"No comparison with {method_labels()[baseline]}: {baseline} is not in experiment.methods."]
+    others = [m for m in exp.methods if m != baseline] + ([NO_ADAPTER] if exp.no_adapter else [])
     if not others:
         return []
     conf = f"{100 * exp.statistics.confidence:g}%"
@@ -434,8 +435,10 @@ def quality_table(params: Params, col: Collected, setup: str, boot: SetupBootstr
 
 def _ablation_rows(params: Params, key: str) -> list[tuple[str, str]]:
     """(label, variant) per ablation value, in value order: the listed values plus the base value
-    itself, whose runs are the main grid's selora runs (variant 'default')."""
-    base = getattr(params.methods.selora, key)
+    itself, whose runs are the main grid's runs of the proposed method (variant 'default')."""
+    from selora.adapters.base import proposed_method
+
+    base = getattr(params.methods[proposed_method()], key)
     values = sorted({*getattr(params.experiment.ablation, key), base})
     return [
         (f"{v:g}" if isinstance(v, float) else str(v), DEFAULT_VARIANT if v == base else variant_name(key, v))
@@ -446,8 +449,12 @@ def _ablation_rows(params: Params, key: str) -> list[tuple[str, str]]:
 def ablation_table(params: Params, col: Collected, key: str) -> str:
     """Paper Table 3 (λ) and the reviewers' t ablation: quality, final rank, parameters, time."""
     abl = params.experiment.ablation
+    from selora.adapters.base import proposed_method
+
     symbol = {"threshold": "λ (threshold)", "test_interval": "t (test interval)"}[key]
-    base = getattr(params.methods.selora, key)
+    proposed = proposed_method()
+    cfg = params.methods[proposed]
+    base = getattr(cfg, key)
     parts = [
         f"# SeLoRA ablation over {symbol}"
         + (" (paper Table 3)" if key == "threshold" else " (asked for by the reviewers)"),
@@ -459,7 +466,7 @@ def ablation_table(params: Params, col: Collected, key: str) -> str:
         variants = _ablation_rows(params, key)
         runs = col.runs[
             (col.runs.setup == setup)
-            & (col.runs.method == "selora")
+            & (col.runs.method == proposed)
             & col.runs.variant.isin([v for _, v in variants])
             & col.runs.seed.isin(abl.seeds)
         ]
@@ -480,9 +487,7 @@ def ablation_table(params: Params, col: Collected, key: str) -> str:
         ]
         df = table(runs, rows, cols, len(abl.seeds), symbol)
         other = "t" if key == "threshold" else "λ"
-        other_val = (
-            params.methods.selora.test_interval if key == "threshold" else params.methods.selora.threshold
-        )
+        other_val = cfg.test_interval if key == "threshold" else cfg.threshold
         parts += [
             f"## `{setup}`",
             "",
@@ -545,15 +550,18 @@ def efficiency_table(params: Params, col: Collected, kind: str) -> str:
         pd.DataFrame(out).to_markdown(index=False),
         "",
     ]
-    if kind == "time" and "lora" in exp.methods and "selora" in exp.methods and "train_time_s" in runs:
-        t = params.methods.selora.test_interval
+    from selora.adapters.base import proposed_method
+
+    proposed = proposed_method()  # the paper's Eq. 6: its time against LoRA's
+    if kind == "time" and "lora" in exp.methods and proposed in exp.methods and "train_time_s" in runs:
+        t = params.methods[proposed].test_interval
         est = []
         for setup in exp.setups:
             lora = mean_std(
                 runs.loc[(runs.setup == setup) & (runs.method == "lora"), "train_time_s"].tolist()
             )
             sel = mean_std(
-                runs.loc[(runs.setup == setup) & (runs.method == "selora"), "train_time_s"].tolist()
+                runs.loc[(runs.setup == setup) & (runs.method == proposed), "train_time_s"].tolist()
             )
             if lora[2] and sel[2]:
                 est.append(
