@@ -74,19 +74,35 @@ def _smooth_noise(rng: np.random.Generator, n: int, cells: int) -> np.ndarray:
 
 
 def render_cxr(findings: dict[str, str], rng: np.random.Generator, size: int) -> Image.Image:
-    n = size * SS
+    """A grayscale PA phantom showing ``findings``, drawn at ``SS`` × ``size`` and box-downsampled."""
+    x, y = _pose(rng, size * SS)
+    img, lungs = _chest(x, y, findings, rng)
+    img = _heart(img, x, y, findings["heart"])
+    img = _diaphragm(img, x, y)
+    img = _effusion(img, x, y, findings["effusion"], lungs)
+    img = _nodule(img, x, y, findings["nodule"], rng)
+    img = _pacemaker(img, x, y, findings["device"], rng)
+    return _expose(img, rng, size)
+
+
+def _pose(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Image coordinates of the patient's frame (x right, y down, in [0, 1]): a small shift and scale."""
     g = (np.arange(n, dtype=np.float32) + 0.5) / n
-    # Patient pose: small shift and scale.
     sx, sy = rng.normal(0, 0.015, size=2)
     scale = 1 + rng.normal(0, 0.03)
     x = (g[None, :] - 0.5 - sx) / scale + 0.5
     y = (g[:, None] - 0.5 - sy) / scale + 0.5
-    x, y = np.broadcast_to(x, (n, n)), np.broadcast_to(y, (n, n))
+    return np.broadcast_to(x, (n, n)), np.broadcast_to(y, (n, n))
 
-    img = np.full((n, n), 0.03, dtype=np.float32)  # air
+
+def _chest(x: np.ndarray, y: np.ndarray, findings: dict[str, str],
+           rng: np.random.Generator) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Air, body, lungs with their markings (a pneumothorax collapses one), ribs, mediastinum,
+    clavicles; returns the image and each lung's mask."""
+    img = np.full(x.shape, 0.03, dtype=np.float32)  # air
     body = _ellipse(x, y, 0.5, 0.62, 0.47, 0.6, edge=0.03)
     img = img * (1 - body) + 0.42 * body
-    markings = _smooth_noise(rng, n, 12)
+    markings = _smooth_noise(rng, x.shape[0], 12)
 
     lung_masks = {}
     for side, (cx, cy, ax, ay) in LUNG.items():
@@ -115,48 +131,68 @@ def render_cxr(findings: dict[str, str], rng: np.random.Generator, size: int) ->
         cx0 = 0.5 + sign * 0.17
         clav = np.exp(-(((y - (0.14 + 0.1 * (x - cx0) ** 2 * 4)) / 0.012) ** 2)) * (np.abs(x - cx0) < 0.15)
         img = np.maximum(img, 0.55 * clav)
+    return img, lung_masks
 
-    # Heart (patient's left = image right).
-    ax, ay = (0.12, 0.11) if findings["heart"] == "normal" else (0.2, 0.145)
-    heart = _ellipse(x, y, 0.555 + (ax - 0.12) * 0.35, 0.63, ax, ay, edge=0.04)
-    img = img * (1 - heart) + 0.63 * heart
 
-    # Diaphragm domes below each lung.
+def _heart(img: np.ndarray, x: np.ndarray, y: np.ndarray, heart: str) -> np.ndarray:
+    """The heart, on the patient's left (image right); enlarged: cardiothoracic ratio ≈ 0.65."""
+    ax, ay = (0.12, 0.11) if heart == "normal" else (0.2, 0.145)
+    mask = _ellipse(x, y, 0.555 + (ax - 0.12) * 0.35, 0.63, ax, ay, edge=0.04)
+    return img * (1 - mask) + 0.63 * mask
+
+
+def _diaphragm(img: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Diaphragm domes below each lung."""
     for cx, _, ax_l, _ in LUNG.values():
         dome = 0.73 + 0.06 * ((x - cx) / ax_l) ** 2
         window = 1.0 / (1.0 + np.exp((np.abs(x - cx) - ax_l * 1.05) / 0.015))
         below = 1.0 / (1.0 + np.exp(-(y - dome) / 0.01)) * window
         img = np.maximum(img, 0.55 * below)
+    return img
 
-    # Pleural effusion: opaque base with a meniscus rising laterally.
-    sides = {"right": ("right",), "left": ("left",), "bilateral": ("right", "left")}.get(
-        findings["effusion"], ())
+
+def _effusion(img: np.ndarray, x: np.ndarray, y: np.ndarray, effusion: str,
+              lungs: dict[str, np.ndarray]) -> np.ndarray:
+    """Pleural effusion: an opaque lung base with a meniscus rising laterally."""
+    sides = {"right": ("right",), "left": ("left",), "bilateral": ("right", "left")}.get(effusion, ())
     for side in sides:
         cx, _, ax_l, _ = LUNG[side]
         level = 0.56 - 0.07 * np.abs(x - cx) / ax_l
-        fluid = 1.0 / (1.0 + np.exp(-(y - level) / 0.012)) * lung_masks[side]
+        fluid = 1.0 / (1.0 + np.exp(-(y - level) / 0.012)) * lungs[side]
         img = img * (1 - fluid) + 0.58 * fluid
+    return img
 
-    # Nodule.
-    if findings["nodule"] != "none":
-        side, lobe = findings["nodule"].split()
-        cx, cy, ax_l, ay_l = LUNG[side]
-        nx = cx + rng.uniform(-0.35, 0.35) * ax_l
-        ny = cy + (-0.35 if lobe == "upper" else 0.3) * ay_l + rng.normal(0, 0.02)
-        nod = _ellipse(x, y, nx, ny, 0.045, 0.045, edge=0.1)
-        img = img * (1 - nod) + 0.78 * nod
 
-    # Pacemaker: generator in the left upper chest wall, lead to the heart.
-    if findings["device"] == "pacemaker":
-        gx, gy = 0.82 + rng.normal(0, 0.01), 0.19 + rng.normal(0, 0.01)
-        gen = (np.abs(x - gx) < 0.045) & (np.abs(y - gy) < 0.032)
-        img = np.where(gen, 0.97, img)
-        t = np.linspace(0, 1, 200)
-        lx, ly = gx + (0.55 - gx) * t, gy + (0.6 - gy) * t - 0.06 * np.sin(np.pi * t)
-        for px, py in zip(lx[::4], ly[::4], strict=True):
-            img = np.maximum(img, 0.9 * np.exp(-(((x - px) ** 2 + (y - py) ** 2) / 0.008**2)))
+def _nodule(img: np.ndarray, x: np.ndarray, y: np.ndarray, nodule: str,
+            rng: np.random.Generator) -> np.ndarray:
+    """A bright round opacity in the named lobe (at a random place within it)."""
+    if nodule == "none":
+        return img
+    side, lobe = nodule.split()
+    cx, cy, ax_l, ay_l = LUNG[side]
+    nx = cx + rng.uniform(-0.35, 0.35) * ax_l
+    ny = cy + (-0.35 if lobe == "upper" else 0.3) * ay_l + rng.normal(0, 0.02)
+    nod = _ellipse(x, y, nx, ny, 0.045, 0.045, edge=0.1)
+    return img * (1 - nod) + 0.78 * nod
 
-    # Exposure: contrast / brightness / gamma jitter, then quantum noise.
+
+def _pacemaker(img: np.ndarray, x: np.ndarray, y: np.ndarray, device: str,
+               rng: np.random.Generator) -> np.ndarray:
+    """A pacemaker: generator in the left upper chest wall, a lead to the heart."""
+    if device != "pacemaker":
+        return img
+    gx, gy = 0.82 + rng.normal(0, 0.01), 0.19 + rng.normal(0, 0.01)
+    gen = (np.abs(x - gx) < 0.045) & (np.abs(y - gy) < 0.032)
+    img = np.where(gen, 0.97, img)
+    t = np.linspace(0, 1, 200)
+    lx, ly = gx + (0.55 - gx) * t, gy + (0.6 - gy) * t - 0.06 * np.sin(np.pi * t)
+    for px, py in zip(lx[::4], ly[::4], strict=True):
+        img = np.maximum(img, 0.9 * np.exp(-(((x - px) ** 2 + (y - py) ** 2) / 0.008**2)))
+    return img
+
+
+def _expose(img: np.ndarray, rng: np.random.Generator, size: int) -> Image.Image:
+    """Exposure: contrast / brightness / gamma jitter, downsampling to ``size``, quantum noise."""
     img = np.clip(img, 0, 1) ** rng.uniform(0.85, 1.15)
     img = img * rng.uniform(0.9, 1.05) + rng.normal(0, 0.02)
     pil = Image.fromarray((np.clip(img, 0, 1) * 255).astype(np.uint8), mode="L")
