@@ -251,23 +251,13 @@ def _target_domain_reconstruction(vae, reports_dir: str | Path | None, size: int
 def pretrain_base(params: Params, natural_dir: str | Path, reports_dir: str | Path | None,
                   out: str | Path, progress: bool = True) -> dict[str, Any]:
     """Run phases 1–5 and write the pipeline folder to ``out``; returns the report."""
-    from diffusers import StableDiffusionPipeline
-
     cfg = params.base_model.tiny
     prov = Provenance("pretrain-base", params.raw)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(params.seed)
     gen = torch.Generator().manual_seed(params.seed)
-
-    rows = read_manifest(natural_dir)
-    train_rows = [r for r in rows if r["split"] == "train"]
-    test_rows = [r for r in rows if r["split"] != "train"]
-    if len(train_rows) < cfg.batch_size or not test_rows:
-        raise DatasetFormatError(
-            f"{natural_dir}: need ≥ {cfg.batch_size} training and ≥ 1 held-out images, found "
-            f"{len(train_rows)} / {len(test_rows)}; run `selora make-synthetic` first"
-        )
+    train_rows, test_rows = _natural_splits(natural_dir, cfg.batch_size)
     train_x = load_images(train_rows, cfg.image_size)
     test_x = load_images(test_rows, cfg.image_size)
     corpus = [r["text"] for r in train_rows]
@@ -302,13 +292,9 @@ def pretrain_base(params: Params, natural_dir: str | Path, reports_dir: str | Pa
     gap = caption_gap(unet, text_encoder, scheduler, test_mean * scaling,
                       tokenize(tokenizer, [r["text"] for r in test_rows]), params.seed)
 
-    # 5. Save the pipeline folder (atomically) with its report
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                   scheduler=tinysd.sampling_scheduler(), safety_checker=None,
-                                   feature_extractor=None, requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
+    # 5. Save the pipeline folder (atomically) with its report: what the miniature reads and draws
+    pipe = _pipeline(vae, text_encoder, tokenizer, unet)
     probe = colour_probe(pipe, params.seed)
-    read = caption_probe(pipe, seed=params.seed)
     report = {
         "vae_psnr_db": round(vae_psnr, 2),
         **target,
@@ -317,19 +303,43 @@ def pretrain_base(params: Params, natural_dir: str | Path, reports_dir: str | Pa
         **{k: round(v, 5) for k, v in gap.items()},
         "colour_probe_accuracy": probe["accuracy"],
         "colour_probe_mean_rgb": probe["mean_rgb"],
-        "caption_probe": read,
+        "caption_probe": caption_probe(pipe, seed=params.seed),
         "vae_final_loss": float(np.mean(vae_losses[-20:])) if vae_losses else None,
         "unet_final_loss": float(np.mean(unet_losses[-50:])) if unet_losses else None,
         "n_train": len(train_rows),
         "n_heldout": len(test_rows),
-        "parameters": {
-            "vae": sum(p.numel() for p in vae.parameters()),
-            "unet": sum(p.numel() for p in unet.parameters()),
-            "text_encoder": sum(p.numel() for p in text_encoder.parameters()),
-        },
+        "parameters": {name: sum(p.numel() for p in m.parameters())
+                       for name, m in (("vae", vae), ("unet", unet), ("text_encoder", text_encoder))},
     }
     with atomic_dir(out) as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)
         save_grid(probe["images"], Path(tmp) / "colour_probe.png", cols=len(COLOUR_PROBES) * 2 // 2)
         write_json(Path(tmp) / REPORT, {**report, "provenance": prov.as_dict()})
     return report
+
+
+Rows = list[dict[str, Any]]
+
+
+def _natural_splits(natural_dir: str | Path, batch_size: int) -> tuple[Rows, Rows]:
+    """The natural set's training and held-out rows (enough of each to pre-train and to score)."""
+    rows = read_manifest(natural_dir)
+    train_rows = [r for r in rows if r["split"] == "train"]
+    test_rows = [r for r in rows if r["split"] != "train"]
+    if len(train_rows) < batch_size or not test_rows:
+        raise DatasetFormatError(
+            f"{natural_dir}: need ≥ {batch_size} training and ≥ 1 held-out images, found "
+            f"{len(train_rows)} / {len(test_rows)}; run `selora make-synthetic` first"
+        )
+    return train_rows, test_rows
+
+
+def _pipeline(vae, text_encoder, tokenizer, unet):
+    """The trained parts as a diffusers ``StableDiffusionPipeline`` (SD 1.5's, sampling with DDIM)."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                   scheduler=tinysd.sampling_scheduler(), safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
