@@ -77,6 +77,11 @@ def test_bad_choices_are_clear_errors(tmp_path):
         _prepare(tmp_path / "raw", tmp_path / "out", subtypes=["Signet ring cell carcinoma"])
     with pytest.raises(DatasetFormatError, match="too few for 100 pairs"):
         _prepare(tmp_path / "raw", tmp_path / "out", pairs=100)
+    # The options' own declaration (datasets.patchgastric) binds values given outside a params file.
+    with pytest.raises(ConfigError, match=r"datasets\.patchgastric\.pairs_per_subtype: -1 is less than"):
+        _prepare(tmp_path / "raw", tmp_path / "out", pairs=-1)
+    with pytest.raises(ConfigError, match=r"datasets\.patchgastric\.subtypes: \[\] should be non-empty"):
+        _prepare(tmp_path / "raw", tmp_path / "out", subtypes=[])
     (tmp_path / "raw" / "captions.csv").write_text("id,text\nabc,x\n")
     with pytest.raises(DatasetFormatError, match=r"captions.csv: missing column\(s\) subtype"):
         _prepare(tmp_path / "raw", tmp_path / "out")

@@ -40,7 +40,7 @@ from selora.data.common import (
 )
 from selora.data.registry import DatasetSpec, register_dataset
 from selora.errors import ConfigError, DatasetFormatError
-from selora.sections import param
+from selora.sections import check_section, param
 from selora.splits import assign_group_splits, split_sizes
 
 NAME = "patchgastric"
@@ -63,9 +63,10 @@ class PatchGastricSource:
 
 
 def check_options(opts: PrepareOptions) -> None:
-    """Options this data set needs: its subtypes and pair count (its own sample size)."""
-    if not opts.subtypes or opts.pairs_per_subtype < 1:
-        raise ConfigError(f"datasets.{NAME}: give at least one subtype and pairs_per_subtype >= 1")
+    """Options this data set needs: its subtypes and pair count (its own sample size), checked by
+    their declaration (command-line flags do not pass through the params schema)."""
+    check_section(PatchGastricSource(raw=str(opts.raw), subtypes=list(opts.subtypes),
+                                     pairs_per_subtype=opts.pairs_per_subtype), f"datasets.{NAME}")
     if opts.max_records is not None:
         raise ConfigError("max_records: PatchGastricADC22 draws its own count per subtype; set "
                           f"datasets.{NAME}.pairs_per_subtype instead")
