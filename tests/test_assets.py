@@ -113,6 +113,43 @@ def test_unreachable_index_says_what_to_put_where(tmp_path, monkeypatch):
     assert calls and calls[0][-3:] == ["x==1", "-d", str(tmp_path)] and "--no-deps" in calls[0]
 
 
+def test_parallel_jobs_wait_for_one_download_instead_of_reading_it_half_written(tmp_path, monkeypatch):
+    """pip writes the wheel in place: a second job asking meanwhile must wait (file lock), then
+    use the finished file, not start a second download or open a truncated zip."""
+    import threading
+    import time
+
+    whole = _fake_wheel(tmp_path / "built", "pkg/data.bin", b"payload").read_bytes()
+    calls = []
+
+    def slow_pip(cmd, **kw):
+        calls.append(cmd)
+        dest = Path(cmd[-1]) / "some_pkg-1.0-py3-none-any.whl"
+        with open(dest, "wb") as f:  # as pip's copy: half the bytes, a pause, the rest
+            f.write(whole[: len(whole) // 2])
+            f.flush()
+            time.sleep(0.5)
+            f.write(whole[len(whole) // 2:])
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(subprocess, "run", slow_pip)
+    cache, got, errors = tmp_path / "cache", [], []
+
+    def job() -> None:
+        try:
+            got.append(wheels.find_wheel_file("some-pkg", "1.0", "pkg/data.bin", cache).read_bytes())
+        except Exception as exc:  # reported by the assert below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=job) for _ in range(2)]
+    threads[0].start()
+    time.sleep(0.2)  # the first job is inside pip's write
+    threads[1].start()
+    for t in threads:
+        t.join()
+    assert errors == [] and got == [b"payload", b"payload"] and len(calls) == 1
+
+
 # ----------------------------------------------------------------------------- NLM tree
 def _reports_tgz(path: Path, reports: list[IuReport]) -> Path:
     with tarfile.open(path, "w:gz") as tar:

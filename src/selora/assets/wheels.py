@@ -34,12 +34,28 @@ def wheel_stem(package: str, version: str) -> str:
 
 
 def find_wheel(package: str, version: str, cache: Path) -> Path:
-    """The cached wheel of ``package==version``, downloaded with ``pip download`` when absent."""
+    """The cached wheel of ``package==version``, downloaded with ``pip download`` when absent.
+    Under a file lock: pip writes the wheel in place, and parallel jobs (or test workers) asking
+    for the same wheel must not read it half-written."""
+    from filelock import FileLock
+
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(cache / f".{wheel_stem(package, version)}.lock"))
+        lock.acquire()
+    except PermissionError:  # a read-only cache: nobody downloads into it, nothing to wait for
+        return _find_or_download_wheel(package, version, cache)
+    try:
+        return _find_or_download_wheel(package, version, cache)
+    finally:
+        lock.release()
+
+
+def _find_or_download_wheel(package: str, version: str, cache: Path) -> Path:
     stem = wheel_stem(package, version)
     found = sorted(cache.glob(f"{stem}-*.whl"))
     if found:
         return found[0]
-    cache.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
            "--disable-pip-version-check", "--quiet", "--retries", "1", "--timeout", "15",
            f"{package}=={version}", "-d", str(cache)]
