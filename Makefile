@@ -25,9 +25,11 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-# pytest's own exit codes pass through: 5 (no tests collected) fails the target.
+# pytest's own exit codes pass through: 5 (no tests collected) fails the target. One pytest-xdist
+# worker per core (at most 4), each test module whole on one worker, in the order tests/conftest.py sets.
+XDIST := -n auto --maxprocesses 4 --dist loadscope --no-loadscope-reorder
 test: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow" -q
+	$(BIN)/python -m pytest -m "not slow" -q $(XDIST)
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m slow -q

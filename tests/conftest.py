@@ -1,16 +1,72 @@
-"""Shared fixtures: small synthetic sets and one briefly pre-trained miniature per test session."""
+"""Shared fixtures: small synthetic sets and one briefly pre-trained miniature per test run.
+
+`make test` runs the suite on pytest-xdist workers (one per core, each module whole on one worker).
+Each worker uses one torch thread, and so do the jobs it starts (OMP_NUM_THREADS): N workers on N
+cores, no spin-waiting intra-op threads. The synthetic sets and the miniature are built once per
+run, by the first worker that needs them, under a file lock; the others wait for and reuse them.
+"""
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import torch
+
+WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+if WORKER:  # before torch is imported, so that it and every subprocess read it
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import torch  # noqa: E402
+
+if WORKER:
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+BUILT = "BUILT"  # written last into a shared folder: the build finished
+
+
+def built_once(tmp_path_factory, name: str, build: Callable[[Path], object]) -> Path:
+    """``<run's temp root>/<name>``, made by ``build(folder)`` once per test run: by the first
+    xdist worker that asks, while the others wait on a file lock (no xdist: this session's)."""
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if WORKER else base
+    folder = root / name
+    with FileLock(str(root / f"{name}.lock")):
+        if not (folder / BUILT).is_file():
+            folder.mkdir(parents=True, exist_ok=True)
+            build(folder)
+            (folder / BUILT).write_text(json.dumps({"worker": WORKER}))
+    return folder
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Module order for xdist's loadscope scheduling (`make test`: a worker takes a module whole, so
+    its module fixtures are built once, and the next module in this order when it is nearly done):
+    first a module whose first test needs the miniature, so that its pre-training starts at once on
+    one worker; then the modules that do not need it, which the other workers run meanwhile; then
+    the rest of the miniature's modules, the largest first. Within a module the order is unchanged;
+    the same order runs without xdist. (Finer units, xdist's loadgroup, need pytest < 9.2: it
+    groups by rewriting ``item._nodeid``, which pytest 9.2's nodeid no longer reads.)"""
+    modules: dict[str, list] = {}
+    for item in items:
+        modules.setdefault(item.nodeid.split("::")[0], []).append(item)
+
+    def needs(item) -> bool:
+        return "tiny_base" in item.fixturenames
+
+    tiny = sorted((m for m in modules if any(map(needs, modules[m]))), key=lambda m: -len(modules[m]))
+    first = [m for m in tiny if needs(modules[m][0])][:1] or tiny[:1]
+    order = first + [m for m in modules if m not in tiny] + [m for m in tiny if m not in first]
+    items[:] = [item for m in order for item in modules[m]]
+
 
 # Small but real: enough steps that the miniature reconstructs and follows colour words
 # (about 3 minutes on 2 cores; the VAE budget matters most: a blurry VAE stalls the U-Net).
@@ -34,31 +90,31 @@ def small_params():
 def synthetic_dirs(tmp_path_factory, small_params) -> dict[str, Path]:
     from selora.synthetic import make_cxr, make_natural
 
-    root = tmp_path_factory.mktemp("synthetic")
-    make_natural(small_params.synthetic.natural, root / "natural", small_params.seed, progress=False)
-    make_cxr(small_params.synthetic.cxr, root / "cxr", small_params.seed, progress=False)
+    def build(root: Path) -> None:
+        make_natural(small_params.synthetic.natural, root / "natural", small_params.seed, progress=False)
+        make_cxr(small_params.synthetic.cxr, root / "cxr", small_params.seed, progress=False)
+
+    root = built_once(tmp_path_factory, "synthetic", build)
     return {"natural": root / "natural", "cxr": root / "cxr"}
 
 
 @pytest.fixture(scope="session")
 def tiny_base(tmp_path_factory, small_params, synthetic_dirs) -> dict:
-    """A miniature SD pre-trained for about three minutes: {"path": folder, "report": dict}.
+    """A miniature SD pre-trained for a few minutes: {"path": folder, "report": dict}.
 
     Set SELORA_TEST_TINY_SD to an existing `selora pretrain-base` folder to reuse it while
     developing (CI always pre-trains its own).
     """
-    import json
-
     from selora.pretrain import REPORT, pretrain_base
 
     reuse = os.environ.get("SELORA_TEST_TINY_SD")
     if reuse:
         path = Path(reuse)
-        return {"path": path, "report": json.loads((path / REPORT).read_text())}
-    out = tmp_path_factory.mktemp("models") / "tiny-sd"
-    report = pretrain_base(small_params, synthetic_dirs["natural"], synthetic_dirs["cxr"], out,
-                           progress=False)
-    return {"path": out, "report": report}
+    else:
+        path = built_once(tmp_path_factory, "models", lambda root: pretrain_base(
+            small_params, synthetic_dirs["natural"], synthetic_dirs["cxr"], root / "tiny-sd",
+            progress=False)) / "tiny-sd"
+    return {"path": path, "report": json.loads((path / REPORT).read_text())}
 
 
 @pytest.fixture(scope="session")
