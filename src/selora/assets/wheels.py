@@ -43,7 +43,7 @@ def find_wheel(package: str, version: str, cache: Path) -> Path:
         cache.mkdir(parents=True, exist_ok=True)
         lock = FileLock(str(cache / f".{wheel_stem(package, version)}.lock"))
         lock.acquire()
-    except PermissionError:  # a read-only cache: nobody downloads into it, nothing to wait for
+    except OSError:  # a read-only cache: nobody downloads into it, nothing to wait for
         return _find_or_download_wheel(package, version, cache)
     try:
         return _find_or_download_wheel(package, version, cache)
