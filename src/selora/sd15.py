@@ -69,6 +69,17 @@ SCHEDULER: dict[str, Any] = {
     "skip_prk_steps": True,
 }
 
+# SD 1.5's layer structure at narrow widths (U-Net channels / 10, text tower / 12, VAE / 4): the same
+# block types, 184 + 72 linear layers, 77-position 49,408-word text tower, 4-channel latents and
+# factor-8 VAE, ~1/100 of the parameters. CI's reduced rehearsal (`make rehearse-ci`) runs on it:
+# at the real widths each job's 1 B parameters on one CPU thread, not its rules, set the time.
+NARROW: dict[str, dict[str, Any]] = {
+    "unet": {**UNET, "block_out_channels": [32, 64, 128, 128], "cross_attention_dim": 64},
+    "text_encoder": {**TEXT_ENCODER, "hidden_size": 64, "intermediate_size": 256,
+                     "num_attention_heads": 4, "projection_dim": 64},
+    "vae": {**VAE, "block_out_channels": [32, 64, 128, 128]},
+}
+
 # Linear layers the paper adapts (every nn.Linear): 184 in the U-Net, 72 in the text encoder.
 N_LINEAR = {"unet": 184, "text_encoder": 72}
 LATENT_FACTOR = 8  # pixels per latent cell (3 down-sampling VAE blocks)

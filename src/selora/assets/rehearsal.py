@@ -1,6 +1,7 @@
 """Every ingredient of the paper path, built offline into one folder (``selora rehearsal-assets``).
 
     <out>/sd15/                 SD 1.5 architecture, random weights, CLIP's tokenizer (base_model.name)
+    <out>/sd15-narrow/          the same layer structure at narrow widths (sd15.NARROW; CI's rehearsal)
     <out>/inception/            FID Inception-v3 state dict, random weights (evaluate.inception_weights)
     <out>/clip/                 small random CLIP with the real tokenizer (evaluate.clip_model)
     <out>/raw/iu-xray/          NLM layout: every real report XML, view tables, placeholder PNGs
@@ -85,8 +86,11 @@ def write_iu_xray_raw(out: Path, reports_tgz: Path, dicom_csv_gz: Path, tsne_csv
     return True
 
 
-def build(out: Path, cache: Path | None = None, say: Callable[[str], None] = print) -> list[Built]:
-    """Build (or keep) every ingredient under ``out``; returns what was built and how long it took."""
+def build(out: Path, cache: Path | None = None, say: Callable[[str], None] = print,
+          sd15_variant: str = "full") -> list[Built]:
+    """Build (or keep) every ingredient under ``out``; returns what was built and how long it took.
+    ``sd15_variant``: SD 1.5 at its real widths (``sd15/``) or narrow (``sd15-narrow/``)."""
+    from selora import sd15
     from selora.assets.cliptok import clip_bpe
     from selora.assets.metric_weights import write_fid_inception, write_small_clip
     from selora.assets.nlm import nlm_sources, nlm_tsne_views
@@ -96,8 +100,9 @@ def build(out: Path, cache: Path | None = None, say: Callable[[str], None] = pri
     bpe = clip_bpe(cache)
     reports, views = nlm_sources(cache)
     tsne = nlm_tsne_views(cache)
+    base, configs = {"full": ("sd15", None), "narrow": ("sd15-narrow", sd15.NARROW)}[sd15_variant]
     steps: list[tuple[str, Path, Callable[[Path], bool]]] = [
-        ("sd15", out / "sd15", lambda p: write_sd15_base(p, bpe)),
+        (base, out / base, lambda p: write_sd15_base(p, bpe, configs=configs)),
         ("inception", out / "inception", write_fid_inception),
         ("clip", out / "clip", lambda p: write_small_clip(p, bpe)),
         (f"raw/{iuxray.NAME}", out / "raw" / iuxray.NAME,

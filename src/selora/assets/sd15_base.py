@@ -30,7 +30,8 @@ def spec(bpe_gz: Path, seed: int = 0, configs: dict[str, dict[str, Any]] | None 
 def write_sd15_base(out: Path, bpe_gz: Path, seed: int = 0,
                     configs: dict[str, dict[str, Any]] | None = None) -> bool:
     """Write the folder atomically; False when it is already there with the same spec (no-op).
-    ``configs`` (``unet``, ``text_encoder``, ``vae``) replace SD 1.5's for tests (``sd15.scaled``)."""
+    ``configs`` (``unet``, ``text_encoder``, ``vae``) replace SD 1.5's widths: ``sd15.NARROW`` (CI's
+    rehearsal) or ``sd15.scaled`` (tests); the marker then says so."""
     out = Path(out)
     want = spec(bpe_gz, seed, configs)
     if is_current(out, want):
@@ -53,6 +54,7 @@ def write_sd15_base(out: Path, bpe_gz: Path, seed: int = 0,
         pipe.save_pretrained(tmp, safe_serialization=True)
         # SD 1.5's own tokenizer files (vocab.json, merges.txt), not transformers' tokenizer.json.
         write_clip_tokenizer(tmp / "tokenizer", bpe_gz)
-        write_marker(tmp, "SD 1.5 architecture (U-Net, VAE, CLIP text encoder, PNDM) with random "
-                          "weights and CLIP's real tokenizer", want)
+        widths = "" if configs is None else " at narrow widths"
+        write_marker(tmp, f"SD 1.5 architecture (U-Net, VAE, CLIP text encoder, PNDM){widths} with "
+                          "random weights and CLIP's real tokenizer", want)
     return True

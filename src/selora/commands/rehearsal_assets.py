@@ -21,6 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="folder to build into (default: %(default)s)")
     parser.add_argument("--cache", default=None, metavar="DIR",
                         help="wheel cache (default: $SELORA_WHEEL_CACHE or ~/.cache/selora/wheels)")
+    parser.add_argument("--sd15", choices=("full", "narrow"), default="full",
+                        help="SD 1.5 at its real widths (sd15/, 4 GB) or its layer structure at narrow "
+                             "widths (sd15-narrow/, CI's reduced rehearsal); default: %(default)s")
     parser.add_argument("--quiet", action="store_true", help="print nothing")
 
 
@@ -28,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     from selora.assets.rehearsal import build
 
     built = build(Path(args.out), Path(args.cache) if args.cache else None,
-                  say=(lambda _line: None) if args.quiet else print)
+                  say=(lambda _line: None) if args.quiet else print, sd15_variant=args.sd15)
     if not args.quiet:
         n = sum(b.built for b in built)
         print(f"{n} of {len(built)} built ({sum(b.seconds for b in built):.1f} s); the rest were up to date")
