@@ -13,7 +13,7 @@ help:
 	@echo "make repro  - create .venv if missing, run the whole pipeline on the embedded default"
 	@echo "make rehearse - the paper path (all setups, methods, ablations, tables) offline on the CPU:"
 	@echo "                random-weight SD 1.5 and placeholder data, numbers meaningless (~15 min)"
-	@echo "make rehearse-ci - the same, one setup per data-set layout (~9 min)"
+	@echo "make rehearse-ci - the same, one setup per data-set layout, SD 1.5 narrow (~5 min; in make test)"
 	@echo "make lint   - ruff + snakemake --lint"
 	@echo "make bench  - the benchmarks in benchmarks/ (writes results/benchmarks/*.json)"
 
@@ -40,14 +40,16 @@ repro: $(STAMP)
 # The paper's params with the rehearsal overlay (.test/config-rehearsal.yaml), through the same
 # Snakefile, rules and subcommands; the ingredients come from `selora rehearsal-assets`. A second
 # run builds nothing and runs no job. rehearse-ci adds .test/config-rehearsal-ci.yaml (one setup per
-# data-set layout).
+# data-set layout, SD 1.5's layer structure at narrow widths); `make test` runs it.
 REHEARSAL_CONFIG := --configfile params-paper.yaml .test/config-rehearsal.yaml
 rehearse: REHEARSAL_OUT := results-rehearsal
+rehearse: REHEARSAL_SD15 := full
 rehearse-ci: REHEARSAL_CONFIG += .test/config-rehearsal-ci.yaml
 rehearse-ci: REHEARSAL_OUT := results-rehearsal-ci
+rehearse-ci: REHEARSAL_SD15 := narrow
 rehearse rehearse-ci: $(STAMP)
 	@start=$$(date +%s); \
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/selora rehearsal-assets --out rehearsal-assets && \
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/selora rehearsal-assets --out rehearsal-assets --sd15 $(REHEARSAL_SD15) && \
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --cores $(CORES) -p --rerun-incomplete $(REHEARSAL_CONFIG) && \
 	echo "$@: done in $$(( $$(date +%s) - start )) s on $(CORES) cores; tables in $(REHEARSAL_OUT)/tables"
 

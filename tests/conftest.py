@@ -47,11 +47,16 @@ def built_once(tmp_path_factory, name: str, build: Callable[[Path], object]) -> 
     return folder
 
 
+# Modules without the miniature that run for minutes: handed out first after the pre-training's
+# module, so that they fill the other worker while the miniature pre-trains.
+LONG = ("tests/test_rehearsal.py",)  # `make rehearse-ci`: 5-9 minutes of one core
+
+
 def pytest_collection_modifyitems(config, items) -> None:
     """Module order for xdist's loadscope scheduling (`make test`: a worker takes a module whole, so
     its module fixtures are built once, and the next module in this order when it is nearly done):
     first a module whose first test needs the miniature, so that its pre-training starts at once on
-    one worker; then the modules that do not need it, which the other workers run meanwhile; then
+    one worker; then the modules that do not need it (LONG first), which the other workers run meanwhile; then
     the rest of the miniature's modules, the largest first. Within a module the order is unchanged;
     the same order runs without xdist. (Finer units, xdist's loadgroup, need pytest < 9.2: it
     groups by rewriting ``item._nodeid``, which pytest 9.2's nodeid no longer reads.)"""
@@ -64,7 +69,8 @@ def pytest_collection_modifyitems(config, items) -> None:
 
     tiny = sorted((m for m in modules if any(map(needs, modules[m]))), key=lambda m: -len(modules[m]))
     first = [m for m in tiny if needs(modules[m][0])][:1] or tiny[:1]
-    order = first + [m for m in modules if m not in tiny] + [m for m in tiny if m not in first]
+    plain = sorted((m for m in modules if m not in tiny), key=lambda m: m not in LONG)  # stable
+    order = first + plain + [m for m in tiny if m not in first]
     items[:] = [item for m in order for item in modules[m]]
 
 

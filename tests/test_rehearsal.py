@@ -1,7 +1,7 @@
 """The offline rehearsal of the paper path: the overlay (.test/config-rehearsal.yaml) keeps the
 paper's grid, the ingredient builders (selora.assets) give the formats the real files come in, the
-report says loudly that placeholder inputs make its numbers meaningless, and (slow) `make rehearse`
-runs the whole paper grid into every table, then does nothing the second time."""
+report says loudly that placeholder inputs make its numbers meaningless, and `make rehearse-ci` (in
+CI) and `make rehearse` (slow) run the paper grid into every table, then do nothing the second time."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import pytest
 
 from selora.assets.marker import MARKER, placeholder_inputs, read_marker, write_marker
 from selora.config import load_params
-from selora.runlayout import grid, no_adapter_runs
+from selora.runlayout import grid, no_adapter_runs, run_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -70,13 +70,15 @@ def test_overlay_changes_only_sizes_steps_counts_seeds_and_paths(paper, rehearsa
 
 def test_ci_overlay_keeps_one_setup_per_data_set_layout_and_every_method(paper, rehearsal):
     """CI's reduced rehearsal: one setup per layout (not fewer methods, seeds below the
-    rehearsal's, or a changed protocol), one point per ablation; it changes nothing else."""
+    rehearsal's, or a changed protocol), one point per ablation, SD 1.5's layer structure at narrow
+    widths; it changes nothing else."""
     ci = load_params([*PAPER_FILES, ROOT / OVERLAY, ROOT / CI_OVERLAY])
     before, after = _leaves(rehearsal.raw), _leaves(ci.raw)
     changed = sorted(k for k in before if before[k] != after[k])
-    allowed = ("paths.", "experiment.setups", "experiment.ablation.threshold",
+    allowed = ("paths.", "base_model.name", "experiment.setups", "experiment.ablation.threshold",
                "experiment.ablation.test_interval", *(a for a in ALLOWED if a.startswith("setups.")))
     assert changed and all(k.startswith(allowed) for k in changed), changed
+    assert ci.base_model.name == "rehearsal-assets/sd15-narrow"  # `rehearsal-assets --sd15 narrow`
     datasets = sorted(ci.setup(s).dataset for s in ci.experiment.setups)
     assert datasets == sorted({paper.setup(s).dataset for s in paper.experiment.setups})
     assert ci.experiment.methods == paper.experiment.methods
@@ -170,13 +172,23 @@ def test_sd15_has_the_papers_adapted_layers_on_its_published_config():
 
     from selora import sd15
 
-    with torch.device("meta"):
-        unet = UNet2DConditionModel(**sd15.UNET)
-        text = CLIPTextModel(CLIPTextConfig(**sd15.TEXT_ENCODER))
-    count = {p: sum(isinstance(m, torch.nn.Linear) for m in mod.modules())
-             for p, mod in (("unet", unet), ("text_encoder", text))}
+    def build(unet_config, text_config):
+        with torch.device("meta"):
+            unet = UNet2DConditionModel(**unet_config)
+            text = CLIPTextModel(CLIPTextConfig(**text_config))
+        count = {p: sum(isinstance(m, torch.nn.Linear) for m in mod.modules())
+                 for p, mod in (("unet", unet), ("text_encoder", text))}
+        names = {p: [n for n, m in mod.named_modules() if isinstance(m, torch.nn.Linear)]
+                 for p, mod in (("unet", unet), ("text_encoder", text))}
+        return count, names, sum(p.numel() for p in unet.parameters())
+
+    count, names, n_unet = build(sd15.UNET, sd15.TEXT_ENCODER)
     assert count == sd15.N_LINEAR == {"unet": 184, "text_encoder": 72}
-    assert sum(p.numel() for p in unet.parameters()) > 850e6
+    assert n_unet > 850e6
+    # CI's narrow variant: the same adapted layers by name, ~1/100 of the U-Net's parameters.
+    narrow_count, narrow_names, narrow_unet = build(sd15.NARROW["unet"], sd15.NARROW["text_encoder"])
+    assert (narrow_count, narrow_names) == (count, names)
+    assert narrow_unet < n_unet / 50
 
 
 def test_sd15_folder_loads_as_a_pipeline_with_the_real_tokenizer_and_is_rebuilt_only_when_stale(
@@ -298,9 +310,10 @@ TABLES = ("index.md", "ablation_threshold.md", "ablation_test_interval.md", "mem
           "parameters.md", "paper_vs_ours.md")
 
 
-@pytest.mark.slow  # ≈ 9 min (one setup per data-set layout) and ≈ 11 min (the full grid) on 2 cores
+# ≈ 5 min (one setup per data-set layout, narrow SD 1.5: CI runs it) and ≈ 11 min (the full grid,
+# SD 1.5's real widths: slow) on 2 cores.
 @pytest.mark.parametrize("target", [pytest.param("rehearse-ci", id="reduced"),
-                                    pytest.param("rehearse", id="full")])
+                                    pytest.param("rehearse", id="full", marks=pytest.mark.slow)])
 def test_make_rehearse_runs_the_paper_grid_into_every_table_then_does_nothing(tmp_path, target):
     """`make rehearse` / `make rehearse-ci` on a fresh clone, using this test's environment rather
     than installing one (make -o: the venv stamp is taken as current); the second run does nothing."""
@@ -309,7 +322,9 @@ def test_make_rehearse_runs_the_paper_grid_into_every_table_then_does_nothing(tm
     overlays = [ROOT / OVERLAY, *([ROOT / CI_OVERLAY] if target == "rehearse-ci" else [])]
     params = load_params([*PAPER_FILES, *overlays])
     venv = BIN.parent
-    make = f"make -o {venv}/.installed {target} VENV={venv}"
+    # One job at a time on an xdist worker (`make test`): the other workers have the other cores.
+    cores = 1 if os.environ.get("PYTEST_XDIST_WORKER") else 2
+    make = f"make -o {venv}/.installed {target} VENV={venv} CORES={cores}"
     first = subprocess.run(make, shell=True, cwd=clone, env=ENV, capture_output=True, text=True, timeout=3600)
     if first.returncode and "AssetUnavailableError" in first.stderr:
         pytest.skip(f"needs a package index or a cached wheel: {first.stderr[-500:]}")
@@ -326,6 +341,11 @@ def test_make_rehearse_runs_the_paper_grid_into_every_table_then_does_nothing(tm
     index = (tables / "index.md").read_text(encoding="utf-8")
     n = len(grid(params)) + len(no_adapter_runs(params))
     assert f"## Runs: {n} of {n} evaluated" in index
+    # Every run adapted SD 1.5's 184 U-Net and 72 text-encoder linear layers (narrow widths too).
+    for run in grid(params):
+        summary = json.loads((clone / run_dir(params, run) / "train" / "summary.json").read_text())
+        assert {p["part"]: p["adapted_layers"] for p in summary["parameters"]} == {
+            "unet": 184, "text_encoder": 72}, run
     # The real IU X-Ray reports, all read though few are used: SD 1.5 prompt lengths over 3,955.
     iu = next(s for s in params.experiment.setups if params.setup(s).dataset == "iu-xray")
     report = json.loads((clone / params.paths.data / "prepared" / iu / "data_report.json").read_text())
