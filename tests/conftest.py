@@ -47,19 +47,23 @@ def built_once(tmp_path_factory, name: str, build: Callable[[Path], object]) -> 
     return folder
 
 
-# Modules without the miniature that run for minutes: handed out first after the pre-training's
-# module, so that they fill the other worker while the miniature pre-trains.
-LONG = ("tests/test_rehearsal.py",)  # `make rehearse-ci`: 5-9 minutes of one core
+# Minutes of one core the longest modules take (fresh-clone `make test` on 2 cores; the others
+# take under one): the order below hands out long work first.
+MINUTES = {"tests/test_rehearsal.py": 9.5, "tests/test_workflow.py": 5.0, "tests/test_registry.py": 1.0}
+LONG = 3.0  # a module without the miniature this long covers the pre-training on another worker
 
 
 def pytest_collection_modifyitems(config, items) -> None:
     """Module order for xdist's loadscope scheduling (`make test`: a worker takes a module whole, so
-    its module fixtures are built once, and the next module in this order when it is nearly done):
-    first a module whose first test needs the miniature, so that its pre-training starts at once on
-    one worker; then the modules that do not need it (LONG first), which the other workers run meanwhile; then
-    the rest of the miniature's modules, the largest first. Within a module the order is unchanged;
-    the same order runs without xdist. (Finer units, xdist's loadgroup, need pytest < 9.2: it
-    groups by rewriting ``item._nodeid``, which pytest 9.2's nodeid no longer reads.)"""
+    its module fixtures are built once, and the next module in this order when it is nearly done).
+    First a module whose first test needs the miniature, so that its pre-training starts at once on
+    one worker. Then, if a LONG module is selected, that module (on the other worker), the rest of
+    the miniature's modules, the longest first (the miniature is ready by the time a worker asks
+    for them), and the short modules last. Without a LONG module, the modules that do not need the
+    miniature come second (the other workers run them meanwhile) and the miniature's last. Within a
+    module the order is unchanged; the same order runs without xdist. (Finer units, xdist's
+    loadgroup, need pytest < 9.2: it groups by rewriting ``item._nodeid``, which pytest 9.2's nodeid
+    no longer reads.)"""
     modules: dict[str, list] = {}
     for item in items:
         modules.setdefault(item.nodeid.split("::")[0], []).append(item)
@@ -67,10 +71,15 @@ def pytest_collection_modifyitems(config, items) -> None:
     def needs(item) -> bool:
         return "tiny_base" in item.fixturenames
 
-    tiny = sorted((m for m in modules if any(map(needs, modules[m]))), key=lambda m: -len(modules[m]))
+    def longest_first(names):
+        return sorted(names, key=lambda m: (-MINUTES.get(m, 0.0), -len(modules[m])))
+
+    tiny = longest_first(m for m in modules if any(map(needs, modules[m])))
     first = [m for m in tiny if needs(modules[m][0])][:1] or tiny[:1]
-    plain = sorted((m for m in modules if m not in tiny), key=lambda m: m not in LONG)  # stable
-    order = first + plain + [m for m in tiny if m not in first]
+    long = [m for m in modules if m not in tiny and MINUTES.get(m, 0.0) >= LONG]
+    plain = [m for m in modules if m not in tiny and m not in long]
+    rest = [m for m in tiny if m not in first]
+    order = first + long + rest + plain if long else first + plain + rest
     items[:] = [item for m in order for item in modules[m]]
 
 
