@@ -47,9 +47,15 @@ def built_once(tmp_path_factory, name: str, build: Callable[[Path], object]) -> 
     return folder
 
 
-# Minutes of one core the longest modules take (fresh-clone `make test` on 2 cores; the others
-# take under one): the order below hands out long work first.
-MINUTES = {"tests/test_rehearsal.py": 9.5, "tests/test_workflow.py": 5.0, "tests/test_registry.py": 1.0}
+# Minutes of one core the longest tests and modules take (fresh-clone `make test` on 2 cores; the
+# others take under one): the order below hands out long work first. A test listed by name runs
+# first in its module: xdist hands a worker its next module once at most two of its tests are left,
+# so a long test last in its module would have the next module queued behind it.
+MINUTES = {
+    "tests/test_rehearsal.py::test_make_rehearse_runs_the_paper_grid_into_every_table_then_does_nothing": 9.5,
+    "tests/test_workflow.py": 5.0,
+    "tests/test_registry.py": 1.0,
+}
 LONG = 3.0  # a module without the miniature this long covers the pre-training on another worker
 
 
@@ -61,22 +67,26 @@ def pytest_collection_modifyitems(config, items) -> None:
     the miniature's modules, the longest first (the miniature is ready by the time a worker asks
     for them), and the short modules last. Without a LONG module, the modules that do not need the
     miniature come second (the other workers run them meanwhile) and the miniature's last. Within a
-    module the order is unchanged; the same order runs without xdist. (Finer units, xdist's
-    loadgroup, need pytest < 9.2: it groups by rewriting ``item._nodeid``, which pytest 9.2's nodeid
-    no longer reads.)"""
+    module the order is unchanged but for the long tests MINUTES names, which go first; the same
+    order runs without xdist. (Finer units, xdist's loadgroup, need pytest < 9.2: it groups by
+    rewriting ``item._nodeid``, which pytest 9.2's nodeid no longer reads.)"""
+
+    def minutes(name: str) -> float:  # of a module, or of a test (its parametrisations)
+        return sum(v for k, v in MINUTES.items() if k == name or k.startswith(f"{name}::"))
+
     modules: dict[str, list] = {}
-    for item in items:
+    for item in sorted(items, key=lambda i: -minutes(i.nodeid.split("[")[0])):  # stable
         modules.setdefault(item.nodeid.split("::")[0], []).append(item)
 
     def needs(item) -> bool:
         return "tiny_base" in item.fixturenames
 
     def longest_first(names):
-        return sorted(names, key=lambda m: (-MINUTES.get(m, 0.0), -len(modules[m])))
+        return sorted(names, key=lambda m: (-minutes(m), -len(modules[m])))
 
     tiny = longest_first(m for m in modules if any(map(needs, modules[m])))
     first = [m for m in tiny if needs(modules[m][0])][:1] or tiny[:1]
-    long = [m for m in modules if m not in tiny and MINUTES.get(m, 0.0) >= LONG]
+    long = [m for m in modules if m not in tiny and minutes(m) >= LONG]
     plain = [m for m in modules if m not in tiny and m not in long]
     rest = [m for m in tiny if m not in first]
     order = first + long + rest + plain if long else first + plain + rest
