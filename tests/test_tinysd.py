@@ -167,3 +167,22 @@ def test_caption_probe_gives_a_caption_blind_model_chance_and_no_margin(tiny_pip
     pipe.text_encoder = Blind(tiny_pipeline.text_encoder)
     probe = caption_probe(pipe, n=16, draws=1)
     assert probe["margin"] == {"colour": 0.0, "shape": 0.0, "position": 0.0, "background": 0.0}
+
+
+def test_the_miniature_schedule_ends_in_pure_noise_and_samples_from_there():
+    """Zero terminal SNR (base_model.tiny.zero_terminal_snr): no image left in the noisiest latent for
+    the model to read the layout from, a v target, and samplers that start at t = T."""
+    from selora.diffusion import prediction_target
+
+    cfg = load_params(None, []).base_model.tiny
+    train, sample = tinysd.noise_scheduler(cfg), tinysd.sampling_scheduler(cfg)
+    assert float(train.alphas_cumprod[-1]) == 0.0
+    assert float(tinysd.noise_scheduler().alphas_cumprod[-1]) > 0.004  # SD 1.5's: √ᾱ_T ≈ 0.07
+    sample.set_timesteps(25)
+    assert int(sample.timesteps[0]) == 999 and train.config.prediction_type == "v_prediction"
+    x0, eps = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
+    t = torch.tensor([999, 999])
+    assert torch.allclose(prediction_target(train, x0, eps, t), -x0)  # v = -x0 at zero SNR
+    assert torch.equal(prediction_target(tinysd.noise_scheduler(), x0, eps, t), eps)  # SD 1.5: ε
+    with pytest.raises(ConfigError, match="v_prediction"):
+        load_params(None, ["base_model.tiny.prediction_type=epsilon"])

@@ -7,8 +7,8 @@ SD 1.5 → chest X-rays is. Phases:
 2. Latent scaling factor: 1 / std of the training latents (how SD's 0.18215 was chosen).
 3. Tokenizer: CLIP-style BPE learnt from the captions (and the CXR reports' words, as SD's
    vocabulary covers everyday and medical English; their embeddings stay untrained here).
-4. Text encoder + U-Net, jointly, on the usual ε-prediction MSE with 10 % empty captions so
-   classifier-free guidance works.
+4. Text encoder + U-Net, jointly, on the v-prediction MSE of a zero-terminal-SNR schedule (SD 1.5
+   predicts ε; see ``train_denoiser``) with 10 % empty captions so classifier-free guidance works.
 5. Save the ``StableDiffusionPipeline`` folder atomically, with a report: VAE PSNR on held-out
    images, denoising loss with matched vs. shuffled captions, and a colour test on generated images.
 """
@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from selora import tinysd
 from selora.config import Params
+from selora.diffusion import prediction_target
 from selora.errors import DatasetFormatError
 from selora.imagefolder import read_manifest
 from selora.io import Provenance, atomic_dir, write_json
@@ -128,17 +129,20 @@ def tokenize(tokenizer, texts: list[str]) -> torch.Tensor:
 
 def denoise_loss(unet, text_encoder, scheduler, latents: torch.Tensor, ids: torch.Tensor, noise: torch.Tensor,
                  timesteps: torch.Tensor, snr_gamma: float | None = None) -> torch.Tensor:
-    """The ε-prediction MSE of latent diffusion, optionally Min-SNR-γ weighted (Hang et al. 2023)."""
+    """The MSE of latent diffusion (ε or v target, from the scheduler), optionally Min-SNR-γ
+    weighted (Hang et al. 2023; the weight is min(SNR, γ) / SNR for ε and / (SNR + 1) for v)."""
     noisy = scheduler.add_noise(latents, noise, timesteps)
     hidden = text_encoder(ids)[0]
     pred = unet(noisy, timesteps, encoder_hidden_states=hidden).sample
+    target = prediction_target(scheduler, latents, noise, timesteps)
     if snr_gamma is None:
-        return F.mse_loss(pred, noise)
+        return F.mse_loss(pred, target)
     from diffusers.training_utils import compute_snr
 
     snr = compute_snr(scheduler, timesteps)
-    weight = torch.clamp(snr, max=snr_gamma) / snr  # [B]
-    per_sample = F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))
+    denominator = snr + 1 if scheduler.config.prediction_type == "v_prediction" else snr
+    weight = torch.clamp(snr, max=snr_gamma) / denominator  # [B]
+    per_sample = F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))
     return (per_sample * weight).mean()
 
 
@@ -146,14 +150,14 @@ def train_denoiser(unet, text_encoder, scheduler, mean: torch.Tensor, std: torch
                    scaling: float, ids: torch.Tensor, empty_ids: torch.Tensor, steps: int, lr: float,
                    batch_size: int, caption_dropout: float, gen: torch.Generator,
                    progress: bool, snr_gamma: float | None = None, offset_noise: float = 0.0) -> list[float]:
-    """ε-prediction training of U-Net and text encoder together.
+    """Denoising training (ε or v, as the scheduler says) of U-Net and text encoder together.
 
-    ``offset_noise`` (Guttenberg 2023; Lin et al. 2024 explain why): the noisiest latent of SD
-    1.5's schedule still holds √ᾱ_T ≈ 7 % of the image, and on 8×8 latents its mean is easy to
-    read, so a model trained on plain noise takes the background from that residue instead of
-    the caption; sampling starts from pure noise and every image comes out mid-grey. A random
-    per-(image, channel) constant in the noise hides that residue and makes the caption the only
-    source of the low frequencies. Sampling and the fine-tuning phases are unchanged.
+    The miniature's scheduler ends at zero SNR (``base_model.tiny.zero_terminal_snr``): SD 1.5's
+    noisiest latent still holds √ᾱ_T ≈ 7 % of the image, and on 8×8 latents that residue shows the
+    background and where each object is, so a model trained on it reads the layout from the noise
+    instead of the caption; sampling starts from pure noise, and every sample came out mid-grey with
+    its objects wherever the noise put them. ``offset_noise`` (Guttenberg 2023), a random
+    per-(image, channel) constant in the noise, is the older fix for the background alone.
     """
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
@@ -282,7 +286,7 @@ def pretrain_base(params: Params, natural_dir: str | Path, reports_dir: str | Pa
     # 4. Text encoder + U-Net
     text_encoder = tinysd.build_text_encoder(cfg, tokenizer)
     unet = tinysd.build_unet(cfg)
-    scheduler = tinysd.noise_scheduler()
+    scheduler = tinysd.noise_scheduler(cfg)
     ids = tokenize(tokenizer, [r["text"] for r in train_rows])
     empty_ids = tokenize(tokenizer, [""])[0]
     unet_losses = train_denoiser(unet, text_encoder, scheduler, mean, std, scaling, ids, empty_ids,
@@ -293,7 +297,7 @@ def pretrain_base(params: Params, natural_dir: str | Path, reports_dir: str | Pa
                       tokenize(tokenizer, [r["text"] for r in test_rows]), params.seed)
 
     # 5. Save the pipeline folder (atomically) with its report: what the miniature reads and draws
-    pipe = _pipeline(vae, text_encoder, tokenizer, unet)
+    pipe = _pipeline(vae, text_encoder, tokenizer, unet, tinysd.sampling_scheduler(cfg))
     probe = colour_probe(pipe, params.seed)
     report = {
         "vae_psnr_db": round(vae_psnr, 2),
@@ -334,12 +338,12 @@ def _natural_splits(natural_dir: str | Path, batch_size: int) -> tuple[Rows, Row
     return train_rows, test_rows
 
 
-def _pipeline(vae, text_encoder, tokenizer, unet):
+def _pipeline(vae, text_encoder, tokenizer, unet, scheduler):
     """The trained parts as a diffusers ``StableDiffusionPipeline`` (SD 1.5's, sampling with DDIM)."""
     from diffusers import StableDiffusionPipeline
 
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                   scheduler=tinysd.sampling_scheduler(), safety_checker=None,
+                                   scheduler=scheduler, safety_checker=None,
                                    feature_extractor=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     return pipe

@@ -76,11 +76,13 @@ def caption_probe(pipe, n: int = 64, draws: int = 4, seed: int = 0,
     "margin": {...}}`` where margin is the mean (loss of the best wrong candidate − loss of the
     true caption) relative to the true caption's loss: positive when the words matter.
     """
+    from diffusers import DDPMScheduler
+
+    from selora.diffusion import prediction_target
     from selora.pretrain import tokenize  # pretrain imports this module
-    from selora.tinysd import noise_scheduler
 
     unet, text_encoder, tokenizer, vae = pipe.unet, pipe.text_encoder, pipe.tokenizer, pipe.vae
-    scheduler = noise_scheduler()
+    scheduler = DDPMScheduler.from_config(pipe.scheduler.config)  # the model's own schedule and target
     size = vae.config.sample_size
     images, labels, rests = probe_scenes(n, size, seed)
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1  # [n, 3, H, W]
@@ -89,10 +91,10 @@ def caption_probe(pipe, n: int = 64, draws: int = 4, seed: int = 0,
     gen = torch.Generator().manual_seed(seed)
     noise = torch.randn((n, draws, *latents.shape[1:]), generator=gen)  # [n, K, C, h, w]
     t = torch.linspace(100, 900, draws).round().long()  # [K], the same for every candidate
-    noisy = scheduler.add_noise(latents[:, None].expand_as(noise).reshape(-1, *latents.shape[1:]),
-                                noise.reshape(-1, *latents.shape[1:]), t.repeat(n))  # [n·K, C, h, w]
-    target = noise.reshape(-1, *latents.shape[1:])
-    steps = t.repeat(n)
+    clean = latents[:, None].expand_as(noise).reshape(-1, *latents.shape[1:])  # [n·K, C, h, w]
+    eps, steps = noise.reshape(-1, *latents.shape[1:]), t.repeat(n)
+    noisy = scheduler.add_noise(clean, eps, steps)
+    target = prediction_target(scheduler, clean, eps, steps)
 
     result: dict[str, Any] = {"n": n, "draws": draws, "chance": {}, "margin": {}}
     for attribute in ATTRIBUTES:

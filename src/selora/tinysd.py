@@ -163,15 +163,27 @@ def build_unet(cfg: TinyConfig):
     )
 
 
-def noise_scheduler():
-    """The training scheduler (DDPM with SD 1.5's schedule)."""
+def schedule(cfg: TinyConfig | None = None) -> dict[str, Any]:
+    """SD 1.5's noise schedule, or the miniature's: with ``cfg.zero_terminal_snr`` the betas are
+    rescaled so the last step is pure noise (Lin et al. 2024, "Common diffusion noise schedules and
+    sample steps are flawed"), the model predicts v, and samplers start at t = T ("trailing")."""
+    out = dict(SD15_SCHEDULE)
+    if cfg is not None:
+        out["prediction_type"] = cfg.prediction_type
+        if cfg.zero_terminal_snr:
+            out.update(rescale_betas_zero_snr=True, timestep_spacing="trailing")
+    return out
+
+
+def noise_scheduler(cfg: TinyConfig | None = None):
+    """The training scheduler (DDPM with SD 1.5's schedule, or the miniature's: :func:`schedule`)."""
     from diffusers import DDPMScheduler
 
-    return DDPMScheduler(**{k: v for k, v in SD15_SCHEDULE.items() if k != "set_alpha_to_one"})
+    return DDPMScheduler(**{k: v for k, v in schedule(cfg).items() if k != "set_alpha_to_one"})
 
 
-def sampling_scheduler():
-    """The scheduler saved with the pipeline (DDIM, SD 1.5's schedule)."""
+def sampling_scheduler(cfg: TinyConfig | None = None):
+    """The scheduler saved with the pipeline (DDIM, same schedule as :func:`noise_scheduler`)."""
     from diffusers import DDIMScheduler
 
-    return DDIMScheduler(**SD15_SCHEDULE)
+    return DDIMScheduler(**schedule(cfg))

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from selora.config import TrainConfig
+from selora.diffusion import prediction_target
 from selora.engine.data import LatentSet, ValidationDraws, epoch_order
 from selora.engine.device import memory_mb
 from selora.engine.publish import export_adapter
@@ -65,10 +66,7 @@ def diffusion_loss(model: Model, latents: torch.Tensor, input_ids: torch.Tensor,
     latents, input_ids = latents.to(device), input_ids.to(device)
     noise, timesteps = noise.to(device), timesteps.to(device)
     noisy = scheduler.add_noise(latents, noise, timesteps)
-    if scheduler.config.prediction_type == "v_prediction":
-        target = scheduler.get_velocity(latents, noise, timesteps)
-    else:
-        target = noise
+    target = prediction_target(scheduler, latents, noise, timesteps)
     with model.autocast:
         hidden = model.parts["text_encoder"](input_ids)[0]
         pred = model.parts["unet"](noisy, timesteps, encoder_hidden_states=hidden).sample
