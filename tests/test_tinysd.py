@@ -82,10 +82,11 @@ def test_vae_codes_the_fine_tuning_domain(tiny_base):
 def test_the_denoiser_reads_its_captions(tiny_base):
     """Statistical, on held-out scenes with paired noise (selora.probes.caption_probe).
 
-    Measured: loss ratio 0.35 / 0.37 (CI's seed 0 at 2 threads / seed 1 at 1 thread; 0.77 before
-    offset noise), background read 1.0 / 1.0 over 64 scenes (0.59 before) against the bounds 0.8
-    and 0.6. The colour read (0.55–0.81, moving ±0.08 with the scenes drawn) is reported, not
-    bounded: a marginal property of a 1,200-step miniature is what made CI flaky.
+    Measured with zero terminal SNR (v-loss): loss ratio 0.23 / 0.15 / 0.22 (seed 0 at 2 threads,
+    seeds 1 and 2 at 1 thread; 0.35–0.40 with offset noise and ε, 0.77 with neither), background
+    read 1.0 in all three (0.59 with neither) against the bounds 0.8 and 0.6. The colour read
+    (0.58–0.63 here, 0.33–0.81 before) is reported, not bounded: a marginal property of a
+    1,200-step miniature is what made CI flaky.
     """
     report = tiny_base["report"]
     ratio = report["matched_caption_loss"] / report["shuffled_caption_loss"]
@@ -98,8 +99,9 @@ def test_the_denoiser_reads_its_captions(tiny_base):
 def test_generated_images_depend_on_the_caption(tiny_pipeline):
     """Samples asked for a white background are brighter than for a black one, from the same noise.
 
-    Measured: gap 0.74 (seed 0, 2 threads: CI's), 0.76 (seed 1, 1 thread); 0.18 before offset
-    noise, the state in which a colour test of samples flipped between machines. Bound 0.3.
+    Measured with zero terminal SNR: gap 0.71 (seed 0, 2 threads), 0.71 / 0.70 (seeds 1 / 2,
+    1 thread); 0.71–0.76 with offset noise; 0.18 with neither, the state in which a colour test of
+    samples flipped between machines. Bound 0.3.
     """
     gap = background_gap(tiny_pipeline, n=8, seed=0)
     assert gap["gap"] >= MIN_BACKGROUND_GAP, gap
