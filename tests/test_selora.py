@@ -314,11 +314,12 @@ def unet_output(parts, batch) -> torch.Tensor:
     return parts["unet"](noisy, batch["timesteps"], encoder_hidden_states=hidden).sample
 
 
+@pytest.mark.parametrize("fused", [False, True], ids=["per-tensor", "fused"])  # fused: the engine's
 @pytest.mark.parametrize("use_scaler", [False, True])
-def test_adam_state_survives_growth_bit_identically(use_scaler):
+def test_adam_state_survives_growth_bit_identically(use_scaler, fused):
     x, y = toy_data(torch.float32)
     ad, model = toy_adapter(torch.float32, threshold=1.0, test_interval=2)
-    opt = torch.optim.Adam(ad.trainable_parameters(), lr=1e-2)
+    opt = torch.optim.Adam(ad.trainable_parameters(), lr=1e-2, fused=fused)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.9 ** s)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 8) if use_scaler else None
     losses = []

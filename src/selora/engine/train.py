@@ -47,6 +47,8 @@ from selora.imagefolder import read_manifest
 from selora.io import Provenance, report_leftovers, write_json
 from selora.runlayout import RunId
 
+FUSED_ADAM = ("cpu", "cuda")  # devices with torch's fused Adam kernel
+
 __all__ = ["TrainingDiverged", "resolve_device", "train"]  # resolve_device: selora.engine.sample's
 
 
@@ -166,9 +168,13 @@ def build_adapter(params: Params, run: RunId, model: Model, total_steps: int,
 
 def build_optimiser(adapter: Adapter, tcfg: TrainConfig, device: torch.device) -> tuple[
         torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler, torch.amp.GradScaler]:
-    """Adam on the adapter's trainable parameters (Table 4), a constant LR, fp16 loss scaling."""
+    """Adam on the adapter's trainable parameters (Table 4), a constant LR, fp16 loss scaling.
+
+    Adam's fused kernel (CPU and CUDA) updates the ~200 small adapter matrices in one call instead of
+    one per tensor: the same update, 3.5× faster on the miniature's LoRA (benchmarks/optimiser.py).
+    """
     optimizer = torch.optim.Adam(adapter.trainable_parameters(), lr=tcfg.lr, betas=tuple(tcfg.betas),
-                                 weight_decay=tcfg.weight_decay)
+                                 weight_decay=tcfg.weight_decay, fused=device.type in FUSED_ADAM)
     lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _step: 1.0)
     scaler = torch.amp.GradScaler(device.type, enabled=tcfg.mixed_precision == "fp16")
     return optimizer, lr_scheduler, scaler
