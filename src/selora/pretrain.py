@@ -72,6 +72,10 @@ def train_vae(vae, images: torch.Tensor, steps: int, lr: float, batch_size: int,
     Sampling the posterior from the start (its std is ≈ 1 at initialisation) slows learning several
     times at this size; pinning log σ² = -12 afterwards keeps ``latent_dist.sample()`` (which
     diffusers' training scripts call) a faithful, near-deterministic code.
+
+    Gradients are clipped to norm 1 (as the U-Net's are): without it the loss rises during the
+    warm-up before it falls, and where it lands depended on rounding — the same seed reached a
+    final loss of 0.016 with one torch thread and 0.024 (2 dB less PSNR) with two.
     """
     opt = torch.optim.Adam(vae.parameters(), lr=lr, fused=True)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(steps, 1), pct_start=0.1)
@@ -84,6 +88,7 @@ def train_vae(vae, images: torch.Tensor, steps: int, lr: float, batch_size: int,
         loss = F.mse_loss(rec, x)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0, foreach=True)
         opt.step()
         sched.step()
         losses.append(loss.item())
