@@ -13,7 +13,7 @@ help:
 	@echo "make repro  - create .venv if missing, run the whole pipeline on the embedded default"
 	@echo "make rehearse - the paper path (all setups, methods, ablations, tables) offline on the CPU:"
 	@echo "                random-weight SD 1.5 and placeholder data, numbers meaningless (~15 min)"
-	@echo "make rehearse-ci - the same, one setup per data-set layout, SD 1.5 narrow (~5 min; in make test)"
+	@echo "make rehearse-ci - the same, one setup per data-set layout, SD 1.5 narrow (~5 min; in make test-slow)"
 	@echo "make lint   - ruff + snakemake --lint"
 	@echo "make bench  - the benchmarks in benchmarks/ (writes results/benchmarks/*.json)"
 
