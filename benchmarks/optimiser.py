@@ -17,6 +17,7 @@ import argparse
 import json
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +39,21 @@ def _models(params):
     return cfg, tokenizer, tinysd.build_text_encoder(cfg, tokenizer), tinysd.build_unet(cfg)
 
 
+def _interleaved(calls: dict[str, Callable[[], object]], rounds: int, repeats: int = 1,
+                 warmup: int = 3) -> dict[str, float]:
+    """Median seconds per call of each variant, the variants' order alternating every round so
+    machine noise hits them alike; the first ``warmup`` rounds are untimed."""
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for r in range(warmup + rounds):
+        for name in (list(calls) if r % 2 == 0 else list(calls)[::-1]):
+            t0 = time.perf_counter()
+            for _ in range(repeats):
+                calls[name]()
+            if r >= warmup:
+                times[name].append((time.perf_counter() - t0) / repeats)
+    return {name: statistics.median(v) for name, v in times.items()}
+
+
 def pretrain_steps(params, rounds: int, batch: int = 16) -> dict[str, float]:
     """Median seconds per pre-training step with per-tensor vs. fused AdamW."""
     cfg, tokenizer, te, unet = _models(params)
@@ -47,11 +63,9 @@ def pretrain_steps(params, rounds: int, batch: int = 16) -> dict[str, float]:
     weights = list(unet.parameters()) + list(te.parameters())
     opts = {name: torch.optim.AdamW(weights, lr=1e-4, weight_decay=1e-2, fused=name == "fused")
             for name in ("per_tensor", "fused")}
-    times: dict[str, list[float]] = {name: [] for name in opts}
     lat = torch.randn(batch, cfg.latent_channels, 8, 8)  # [B, C, h, w]
 
-    def step(opt) -> float:
-        t0 = time.perf_counter()
+    def step(opt) -> None:
         noise, t = torch.randn_like(lat), torch.randint(0, 1000, (batch,))
         pred = unet(sched.add_noise(lat, noise, t), t, encoder_hidden_states=te(ids)[0]).sample
         loss = F.mse_loss(pred, prediction_target(sched, lat, noise, t))
@@ -59,14 +73,8 @@ def pretrain_steps(params, rounds: int, batch: int = 16) -> dict[str, float]:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(weights, 1.0, foreach=True)
         opt.step()
-        return time.perf_counter() - t0
 
-    for r in range(rounds + 3):
-        for name in (list(opts) if r % 2 == 0 else list(opts)[::-1]):
-            dt = step(opts[name])
-            if r >= 3:  # warm-up rounds untimed
-                times[name].append(dt)
-    return {name: statistics.median(v) for name, v in times.items()}
+    return _interleaved({name: (lambda o=opt: step(o)) for name, opt in opts.items()}, rounds)
 
 
 def adapter_optimiser_steps(params, rounds: int) -> dict[str, float]:
@@ -79,15 +87,8 @@ def adapter_optimiser_steps(params, rounds: int) -> dict[str, float]:
         w.grad = torch.randn_like(w)
     opts = {name: torch.optim.Adam(weights, lr=1e-4, fused=name == "fused")
             for name in ("per_tensor", "fused")}
-    times: dict[str, list[float]] = {name: [] for name in opts}
-    for r in range(rounds + 3):
-        for name in (list(opts) if r % 2 == 0 else list(opts)[::-1]):
-            t0 = time.perf_counter()
-            for _ in range(10):
-                opts[name].step()
-            if r >= 3:
-                times[name].append((time.perf_counter() - t0) / 10)
-    return {"tensors": len(weights), **{name: statistics.median(v) for name, v in times.items()}}
+    return {"tensors": len(weights), **_interleaved({name: opt.step for name, opt in opts.items()}, rounds,
+                                                     repeats=10)}
 
 
 def main() -> None:

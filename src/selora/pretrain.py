@@ -165,7 +165,7 @@ def train_denoiser(unet, text_encoder, scheduler, mean: torch.Tensor, std: torch
     per-(image, channel) constant in the noise, is the older fix for the background alone.
     """
     params = list(unet.parameters()) + list(text_encoder.parameters())
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2, fused=True)  # one kernel, not ~200 small ones
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2, fused=True)  # one kernel for all tensors
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(steps, 1), pct_start=0.05)
     losses: list[float] = []
     batches = _batches(len(mean), min(batch_size, len(mean)), gen)
