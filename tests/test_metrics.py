@@ -252,3 +252,15 @@ def test_finding_scores_on_hand_made_predictions():
     assert s["majority_baseline"] == pytest.approx((0.75 + 2 / 3) / 2) and s["unscored_labels"] == 1
     perfect = finding_scores(target.clamp(min=0), target, schema)
     assert perfect["accuracy"] == perfect["balanced_accuracy"] == 1.0 and perfect["exact_match"] == 0.75
+
+
+def test_colour_cast_is_zero_for_gray_and_the_mean_red_blue_gap_otherwise():
+    from selora.metrics.samples import colour_cast
+
+    gray = torch.randint(0, 256, (4, 1, 8, 8), dtype=torch.uint8)
+    assert colour_cast(gray) == 0.0 and colour_cast(gray.repeat(1, 3, 1, 1)) == 0.0
+    red, blue = torch.zeros(2, 3, 8, 8, dtype=torch.uint8), torch.zeros(2, 3, 8, 8, dtype=torch.uint8)
+    red[:, 0], blue[:, 2] = 255, 51  # pure red: |R − B| = 1; dark blue: 0.2
+    assert colour_cast(red) == 1.0 and colour_cast(torch.cat([red, blue])) == pytest.approx(0.6)
+    # The same images in [-1, 1] (the VAE's range): the same cast.
+    assert colour_cast(blue.float() / 127.5 - 1, -1.0, 1.0) == pytest.approx(0.2)

@@ -140,6 +140,7 @@ def test_real_images_score_zero_and_degradations_show_in_the_right_metric(fitted
     m = evaluate_run(params, real, data=cxr)
     assert abs(m["fid"]) < 1e-6 and abs(m["fid_mid"]) < 1e-6 and abs(m["fid_low"]) < 1e-6
     assert m["domain_share"] >= 0.95  # real radiographs are called radiographs
+    assert m["colour_cast"] == 0.0 and m["colour_cast_real"] == 0.0  # grayscale films
     assert m["finding_accuracy"] == pytest.approx(
         fitted["info"]["reference_network"]["real_test"]["accuracy"]
     )
@@ -197,6 +198,7 @@ def test_domain_probe_tells_real_radiographs_from_natural_scenes(fitted, cxr):
     m = evaluate_run(fitted["params"], run, data=cxr)
     assert m["domain_share"] <= 0.05 and m["domain_probe"] == probe
     assert "domain_share_skipped" not in m
+    assert m["colour_cast"] > 0.05 and m["colour_cast_real"] == 0.0  # coloured scenes show a cast
 
 
 def test_an_absent_natural_set_fails_before_the_reference_trains(tmp_path, cxr):

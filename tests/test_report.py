@@ -184,6 +184,8 @@ def _write_samples_and_metrics(folder: Path, run: RunId, real_images: list[Path]
                 "finding_balanced_accuracy": 0.4 + 0.1 * idx,
                 # The base model draws scenes; the adapters radiographs, a little more with the seed.
                 "domain_share": 0.05 if run.method == NO_ADAPTER else 0.9 + 0.02 * idx + 0.01 * run.seed,
+                "colour_cast": 0.2 if run.method == NO_ADAPTER else 0.01 * (idx + 1),
+                "colour_cast_real": 0.0,
                 "domain_probe": {
                     "natural": "data/synthetic/natural",
                     "held_out": {"real_called_real": 1.0, "natural_called_real": 0.015, "n_real": 160,
@@ -296,6 +298,7 @@ def test_quality_table_states_its_configuration_and_aggregates_seeds(built):
         "'fake-clip'",
         "160 generated images covering 160 of 160 test prompts; KID over 50 subsets of 50",
         "calls 100.0 % of 160 real test images and 1.5 % of 66 natural scenes real",
+        "0 = grayscale); real test images: 0.000",
         "All configured runs",
     ):
         assert text.lower() in md.lower(), text
@@ -309,6 +312,7 @@ def test_quality_table_states_its_configuration_and_aggregates_seeds(built):
     # In-domain %: LoRA 0.90, 0.91, 0.92 over the seeds; the highest share in bold.
     assert header[6] == "in-domain % ↑" and lora[6] == "91.0 ± 1.0" and selora[6] == "**97.0 ± 1.0**"
     assert _row(md, "No adapter (base model)")[6] == "5.0"
+    assert header[7] == "colour cast" and _row(md, "No adapter (base model)")[7] == "0.200"
     assert _row(md, "DyLoRA")[-3] == "70.0 ± 0.0"  # finding accuracy in % (last: exported params)
     summary = pd.read_csv(res / "tables" / "summary.csv")
     assert len(summary) == 17 and set(summary.status) == {"complete"}

@@ -31,6 +31,7 @@ from selora.diffusion import prediction_target
 from selora.errors import DatasetFormatError
 from selora.imagefolder import read_manifest
 from selora.io import Provenance, atomic_dir, write_json
+from selora.metrics.samples import colour_cast
 from selora.probes import caption_probe
 
 REPORT = "pretrain_report.json"
@@ -119,12 +120,6 @@ def reconstruct(vae, images: torch.Tensor) -> torch.Tensor:
 
 def reconstruction_psnr(vae, images: torch.Tensor) -> float:
     return psnr(reconstruct(vae, images), images)
-
-
-def colour_cast(images: torch.Tensor) -> float:
-    """Mean |R − B| of images in [-1, 1], on a [0, 1] scale: 0 for a grayscale image."""
-    x = images.clamp(-1, 1)
-    return float((x[:, 0] - x[:, 2]).abs().mean()) / 2
 
 
 def tokenize(tokenizer, texts: list[str]) -> torch.Tensor:
@@ -254,7 +249,8 @@ def _target_domain_reconstruction(vae, reports_dir: str | Path | None, size: int
         return {}
     x = load_images(rows, size)
     rec = reconstruct(vae, x)
-    return {"vae_psnr_db_cxr": round(psnr(rec, x), 2), "vae_colour_cast_cxr": round(colour_cast(rec), 4)}
+    cast = colour_cast(rec, -1.0, 1.0)  # rec in the VAE's [-1, 1]
+    return {"vae_psnr_db_cxr": round(psnr(rec, x), 2), "vae_colour_cast_cxr": round(cast, 4)}
 
 
 def pretrain_base(params: Params, natural_dir: str | Path, reports_dir: str | Path | None,

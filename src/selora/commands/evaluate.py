@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
         )
         return 0
     m = evaluate_run(params, args.run_dir, args.reference, args.data, device)
-    shown = ("clip_score", "finding_accuracy", "domain_share")
+    shown = ("clip_score", "finding_accuracy", "domain_share", "colour_cast")
     extra = "".join(f", {k} {m[k]:.3f}" for k in shown if m.get(k) is not None)
     print(
         f"{args.run_dir}: FID ({m['feature_space']['name']}) {m['fid']:.3f}, "

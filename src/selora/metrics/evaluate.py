@@ -18,6 +18,8 @@ reference-network FID for an Inception FID::
     clip_score, clip_score_real, clip_model             null when evaluate.clip_model is null
     finding_accuracy, finding_balanced_accuracy, finding_exact_match, findings (per finding)
                               null (+ finding_accuracy_skipped: why) without a passing reference network
+    colour_cast, colour_cast_real  mean |R − B| of the generated and of the real test images ([0, 1]
+                              scale; 0: grayscale)
     domain_share, domain_probe  share of the images the domain probe (:mod:`selora.metrics.domain`) calls
                               real-domain, and the probe's held-out report; null (+ domain_share_skipped:
                               why) without a probe
@@ -51,7 +53,14 @@ from selora.metrics.reference import (
     fit_reference,
     label_schema,
 )
-from selora.metrics.samples import Sample, SampleError, load_images, match_test_rows, read_samples
+from selora.metrics.samples import (
+    Sample,
+    SampleError,
+    colour_cast,
+    load_images,
+    match_test_rows,
+    read_samples,
+)
 from selora.runlayout import RunId, data_identity, prepared_dir, run_id_from_path
 
 REFERENCE_JSON = "reference.json"
@@ -343,6 +352,8 @@ def evaluate_run(
     metrics.update(_clip_scores(ev.clip_model, samples, test_rows, device))
     metrics.update(_finding_metrics(ref, model, pred, matched))
     metrics.update(_domain_share(ref, ref_dir, ref_taps))
+    metrics["colour_cast"] = colour_cast(load_images(paths, "RGB"))
+    metrics["colour_cast_real"] = colour_cast(load_images([r["path"] for r in test_rows], "RGB"))
 
     # What was scored (metrics are always recomputed, never reused: these only make it traceable).
     metrics["reference"] = str(ref_dir)

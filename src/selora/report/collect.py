@@ -39,6 +39,8 @@ METRIC_KEYS = (
     "finding_balanced_accuracy",
     "finding_exact_match",
     "domain_share",
+    "colour_cast",
+    "colour_cast_real",
     "n_generated",
     "features_file",
 )

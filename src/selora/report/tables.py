@@ -202,6 +202,7 @@ def config_block(
         f"- **Feature space** of FID/KID: {fs}",
         "- **CLIP score**: " + (f"model {clip!r}" if clip else "not computed (evaluate.clip_model is null)"),
         *_domain_lines(space),
+        *_colour_lines(runs),
         *_sample_lines(runs),
         "- Cells: mean ± sample std (ddof 1) over seeds; `⚠ n=k/N` = only k of N configured seeds present.",
     ]
@@ -218,6 +219,17 @@ def _domain_lines(space: dict[str, Any]) -> list[str]:
         f"features calls real rather than a natural scene of `{probe['natural']}`; on held-out images "
         f"it calls {100 * h['real_called_real']:.1f} % of {h['n_real']} real test images and "
         f"{100 * h['natural_called_real']:.1f} % of {h['n_natural']} natural scenes real"
+    ]
+
+
+def _colour_lines(runs: pd.DataFrame) -> list[str]:
+    """What the colour cast column measures, with the real test images' value beside it."""
+    if not _has(runs, "colour_cast_real"):
+        return []
+    real = sorted({round(float(x), 3) for x in runs["colour_cast_real"].dropna()})
+    return [
+        "- **Colour cast**: mean |R − B| of a run's images (0–1 scale, 0 = grayscale); "
+        f"real test images: {', '.join(f'{x:.3f}' for x in real)}"
     ]
 
 
@@ -297,6 +309,7 @@ def quality_columns(
     ]
     if with_domain:
         cols.append(Column("domain_share", "in-domain % ↑", "higher", _f(1), 100.0))
+    cols.append(Column("colour_cast", "colour cast", None, _f(3)))
     if with_findings:
         cols += [
             Column("finding_accuracy", "Finding acc. % ↑", "higher", _f(1), 100.0),
