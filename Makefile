@@ -40,7 +40,7 @@ repro: $(STAMP)
 # The paper's params with the rehearsal overlay (.test/config-rehearsal.yaml), through the same
 # Snakefile, rules and subcommands; the ingredients come from `selora rehearsal-assets`. A second
 # run builds nothing and runs no job. rehearse-ci adds .test/config-rehearsal-ci.yaml (one setup per
-# data-set layout, SD 1.5's layer structure at narrow widths); `make test` runs it.
+# data-set layout, SD 1.5's layer structure at narrow widths); `make test-slow` runs it.
 REHEARSAL_CONFIG := --configfile params-paper.yaml .test/config-rehearsal.yaml
 rehearse: REHEARSAL_OUT := results-rehearsal
 rehearse: REHEARSAL_SD15 := full
