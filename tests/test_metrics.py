@@ -264,3 +264,7 @@ def test_colour_cast_is_zero_for_gray_and_the_mean_red_blue_gap_otherwise():
     assert colour_cast(red) == 1.0 and colour_cast(torch.cat([red, blue])) == pytest.approx(0.6)
     # The same images in [-1, 1] (the VAE's range): the same cast.
     assert colour_cast(blue.float() / 127.5 - 1, -1.0, 1.0) == pytest.approx(0.2)
+    # Chunked over images (a paper-scale split): the same mean as over one tensor.
+    many = torch.randint(0, 256, (600, 3, 4, 4), dtype=torch.uint8)
+    whole = (many[:, 0].double() - many[:, 2].double()).abs().mean().item() / 255
+    assert colour_cast(many) == pytest.approx(whole, rel=1e-12)
