@@ -374,3 +374,27 @@ def test_evaluate_refuses_cuda_where_there_is_none_before_any_work(monkeypatch, 
     code = main(["evaluate", "--params", str(params), "--run-dir", str(tmp_path / "absent"),
                  "--device", "cuda"])
     assert code == 2 and "--device is 'cuda' but CUDA is not available" in capsys.readouterr().err
+
+
+def test_stratified_timesteps_take_one_from_each_stratum_and_uniform_ones_are_torchs():
+    """train.timesteps: stratified draws put exactly one timestep of a batch in each of its n equal
+    strata of [0, T), in an order that varies; uniform draws are torch.randint's, bit for bit (the
+    paper path's runs are unchanged)."""
+    from selora.engine.loop import draw_timesteps
+
+    n, T = 8, 1000
+    gen = torch.Generator().manual_seed(0)
+    orders, counts = set(), torch.zeros(T, dtype=torch.int64)
+    for _ in range(200):
+        t = draw_timesteps(n, T, "stratified", gen)
+        assert t.dtype == torch.int64 and t.shape == (n,) and int(t.min()) >= 0 and int(t.max()) < T
+        assert sorted((t * n // T).tolist()) == list(range(n))  # one per stratum
+        orders.add(tuple((t * n // T).tolist()))
+        counts += torch.bincount(t, minlength=T)
+    assert len(orders) > 150  # the strata come in random order, so images get every noise level
+    assert (counts.view(n, -1).sum(1) == 200).all() and (counts > 0).sum() > 0.7 * T  # spread within
+    again = draw_timesteps(n, T, "stratified", torch.Generator().manual_seed(0))
+    first = draw_timesteps(n, T, "stratified", torch.Generator().manual_seed(0))
+    assert torch.equal(again, first)  # deterministic per generator
+    uniform = draw_timesteps(n, T, "uniform", torch.Generator().manual_seed(3))
+    assert torch.equal(uniform, torch.randint(0, T, (n,), generator=torch.Generator().manual_seed(3)))
