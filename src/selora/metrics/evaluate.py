@@ -2,7 +2,8 @@
 
 Reference folder (``<results>/reference/<setup>/``, written atomically by :func:`fit_setup`)::
 
-    reference.json               feature space, real-feature provenance, reference network report
+    reference.json               feature space, real-feature provenance, reference network report,
+                                 the real test images' colour cast
     real_features.safetensors    real test-split features per tap ("fid", "fid_mid", "fid_low")
     reference.safetensors        the reference network (when the setup has categorical labels)
     domain_probe.safetensors     real vs natural scenes on its features (evaluate.natural_reference)
@@ -19,7 +20,8 @@ reference-network FID for an Inception FID::
     finding_accuracy, finding_balanced_accuracy, finding_exact_match, findings (per finding)
                               null (+ finding_accuracy_skipped: why) without a passing reference network
     colour_cast, colour_cast_real  mean |R − B| of the generated and of the real test images ([0, 1]
-                              scale; 0: grayscale)
+                              scale; 0: grayscale; the real one is the reference's, null for a
+                              reference fitted before it was recorded)
     domain_share, domain_probe  share of the images the domain probe (:mod:`selora.metrics.domain`) calls
                               real-domain, and the probe's held-out report; null (+ domain_share_skipped:
                               why) without a probe
@@ -205,6 +207,7 @@ def fit_setup(
 
         save_file({k: v.contiguous() for k, v in real.items()}, tmp / REAL_FEATURES)
         info["real_features"] = {**desc, "split": "test", "n": len(split["test"])}
+        info["colour_cast_real"] = colour_cast(load_images([r["path"] for r in split["test"]], "RGB"))
         info["provenance"] = prov.as_dict()
         write_json(tmp / REFERENCE_JSON, info)
     return info
@@ -322,13 +325,14 @@ def evaluate_run(
     paths = [s.path for s in samples]
 
     # Features of the generated images (and the findings the reference network reads in them).
+    rgb = load_images(paths, mode="RGB")  # uint8 [N, 3, H, W]: Inception's input and the colour cast's
     model = pred = ref_taps = None
     net_info = ref.get("reference_network")
     if net_info is not None:
         model = ReferenceModel.from_folder(ref_dir, net_info["architecture"])
         ref_taps, pred = model.run(model.load(paths))  # reference features, predicted findings [N, K]
     if ref["feature_space"] == "inception":
-        fake = _inception_features(params, ref, ref_dir, paths, device)
+        fake = _inception_features(params, ref, ref_dir, rgb, device)
     else:
         assert ref_taps is not None  # the reference-network space: its taps are the features
         fake = ref_taps
@@ -352,8 +356,8 @@ def evaluate_run(
     metrics.update(_clip_scores(ev.clip_model, samples, test_rows, device))
     metrics.update(_finding_metrics(ref, model, pred, matched))
     metrics.update(_domain_share(ref, ref_dir, ref_taps))
-    metrics["colour_cast"] = colour_cast(load_images(paths, "RGB"))
-    metrics["colour_cast_real"] = colour_cast(load_images([r["path"] for r in test_rows], "RGB"))
+    metrics["colour_cast"] = colour_cast(rgb)
+    metrics["colour_cast_real"] = ref.get("colour_cast_real")  # null: a reference fitted before it
 
     # What was scored (metrics are always recomputed, never reused: these only make it traceable).
     metrics["reference"] = str(ref_dir)
@@ -399,7 +403,7 @@ def _test_rows(data: Path, ref: dict[str, Any], ref_dir: Path, setup: str) -> li
     return [r for r in rows if r["split"] == "test"]
 
 
-def _inception_features(params: Params, ref: dict[str, Any], ref_dir: Path, paths: list[Path],
+def _inception_features(params: Params, ref: dict[str, Any], ref_dir: Path, images: torch.Tensor,
                         device: str) -> dict[str, torch.Tensor]:
     """The generated images' Inception features, with the weights the reference was fitted with."""
     net, desc = _inception(params, device)
@@ -407,7 +411,7 @@ def _inception_features(params: Params, ref: dict[str, Any], ref_dir: Path, path
         raise ConfigError(
             f"the Inception weights differ from those {ref_dir} was fitted with: {_refit(ref['setup'])}"
         )
-    return _extract(net, load_images(paths, mode="RGB"), device)
+    return _extract(net, images, device)
 
 
 def _clip_scores(clip_model: str | None, samples: list[Sample], test_rows: list[dict[str, Any]],
