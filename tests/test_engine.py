@@ -123,6 +123,19 @@ def test_sampling_is_deterministic_and_prompt_dependent(trained, prepared, tmp_p
                num_inference_steps=4, guidance_scale=7.5, generator=gens, output_type="np").images
     assert np.abs(out[0] - out[1]).mean() > 1e-3
 
+    # The fused pipeline (no LoRA layers left) draws what the loaded, unfused LoRA layers draw.
+    from selora.basemodel import load_pipeline
+
+    assert not any("lora" in name for name, _ in pipe.unet.named_modules())
+    unfused = load_pipeline(params)
+    unfused.load_lora_weights(str(root / "train" / "adapter" / "best"))
+    unfused.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
+    assert any("lora" in name for name, _ in unfused.unet.named_modules())
+    gens = [torch.Generator().manual_seed(3) for _ in range(2)]
+    ref = unfused(["The heart is enlarged. Bilateral pleural effusions.", "The lungs are clear."],
+                  num_inference_steps=4, guidance_scale=7.5, generator=gens, output_type="np").images
+    assert np.abs(out - ref).max() < 1e-4
+
 
 def _files_digest(train_dir: Path) -> dict[str, str]:
     files = [train_dir / "adapter" / "best" / "pytorch_lora_weights.safetensors",
@@ -244,7 +257,7 @@ def test_a_changed_config_retrains_instead_of_resuming_a_stale_checkpoint(tiny_b
     assert second["run_config"]["train"]["lr"] == 1e-3
 
 
-def _toy_run(seed: int = 0):
+def _toy_run(seed: int = 0, lr_schedule: str = "constant"):
     """A LoRA on two small linear stacks and its optimiser: the objects a TrainState holds."""
     from selora.adapters import create_adapter
 
@@ -256,7 +269,8 @@ def _toy_run(seed: int = 0):
     adapter = create_adapter("lora", load_params(None).methods.lora, seed=seed)
     adapter.attach(parts, total_steps=8)
     torch.manual_seed(seed)
-    params = load_params(None, ["train.mixed_precision=fp16"])  # a scaler with state of its own
+    params = load_params(None, ["train.mixed_precision=fp16",  # a scaler with state of its own
+                                f"train.lr_schedule={lr_schedule}"])
     return parts, adapter, params.train
 
 
@@ -277,9 +291,10 @@ def _toy_steps(state, parts, n: int) -> list[float]:
     return losses
 
 
-def test_a_train_state_is_its_checkpoint_and_resumes_where_it_stopped(tmp_path):
+@pytest.mark.parametrize("lr_schedule", ["constant", "cosine"])
+def test_a_train_state_is_its_checkpoint_and_resumes_where_it_stopped(tmp_path, lr_schedule):
     """The checkpoint holds exactly TrainState's fields; restored into fresh objects, the run goes
-    on bit-identically (adapter, optimiser moments, scaler, both RNGs, position, logs)."""
+    on bit-identically (adapter, optimiser moments, scaler, both RNGs, position, logs, the LR)."""
     from dataclasses import fields
 
     from selora.engine.state import Target, TrainState
@@ -288,8 +303,8 @@ def test_a_train_state_is_its_checkpoint_and_resumes_where_it_stopped(tmp_path):
     target = Target(out=tmp_path, data_dir=tmp_path, config={}, config_hash="c", identity={"seed": 0},
                     identity_hash="i")
     device = torch.device("cpu")
-    parts, adapter, tcfg = _toy_run()
-    state = TrainState.start(target, adapter, *build_optimiser(adapter, tcfg, device),
+    parts, adapter, tcfg = _toy_run(lr_schedule=lr_schedule)
+    state = TrainState.start(target, adapter, *build_optimiser(adapter, tcfg, device, 12),
                              rng=torch.Generator().manual_seed(3))
     _toy_steps(state, parts, 3)
     state.epoch, state.best_val_loss, state.best_epoch = 1, 0.25, 0
@@ -303,7 +318,7 @@ def test_a_train_state_is_its_checkpoint_and_resumes_where_it_stopped(tmp_path):
 
     parts2, adapter2, _ = _toy_run(seed=1)  # other adapter weights and RNG: all must come from disk
     TrainState.restore_adapter(adapter2, saved)
-    resumed = TrainState.start(target, adapter2, *build_optimiser(adapter2, tcfg, device),
+    resumed = TrainState.start(target, adapter2, *build_optimiser(adapter2, tcfg, device, 12),
                                rng=torch.Generator().manual_seed(4))
     resumed.restore(saved)
     assert (resumed.step, resumed.epoch, resumed.batch, resumed.best_val_loss, resumed.best_epoch) == (
@@ -312,8 +327,31 @@ def test_a_train_state_is_its_checkpoint_and_resumes_where_it_stopped(tmp_path):
     assert _toy_steps(resumed, parts2, 3) == expected
     assert resumed.logs.rows == state.logs.rows and resumed.timing == state.timing
     assert resumed.lr_scheduler.last_epoch == state.lr_scheduler.last_epoch == 6
+    assert resumed.optimizer.param_groups[0]["lr"] == state.optimizer.param_groups[0]["lr"]
     after, after2 = adapter.state_dict(), adapter2.state_dict()
     assert all(torch.equal(a, b) for a, b in zip(_tensors(after), _tensors(after2), strict=True))
+
+
+@pytest.mark.parametrize("name", ["constant", "cosine", "linear"])
+def test_the_lr_schedule_is_constant_or_decays_to_zero_at_the_last_step(name):
+    """train.lr_schedule: constant keeps Table 4's lr at every step (the paper path, as before);
+    cosine and linear start at it, fall monotonically and reach 0 after the run's last step."""
+    from selora.engine.train import build_optimiser
+
+    _, adapter, tcfg = _toy_run(lr_schedule=name)
+    optimizer, sched, _ = build_optimiser(adapter, tcfg, torch.device("cpu"), 10)
+    lrs = []
+    for _ in range(10):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        sched.step()
+    assert lrs[0] == tcfg.lr
+    if name == "constant":
+        assert lrs == [tcfg.lr] * 10 and optimizer.param_groups[0]["lr"] == tcfg.lr
+    else:
+        assert all(a > b for a, b in zip(lrs, lrs[1:])) and lrs[-1] > 0
+        assert optimizer.param_groups[0]["lr"] == 0.0
+        assert lrs[5] == pytest.approx(tcfg.lr / 2, rel=1e-9)  # half-way: both at half the lr
 
 
 def test_the_engines_fused_adam_makes_the_per_tensor_update():
@@ -322,7 +360,7 @@ def test_the_engines_fused_adam_makes_the_per_tensor_update():
     from selora.engine.train import build_optimiser
 
     _, adapter, tcfg = _toy_run()
-    fused, _, _ = build_optimiser(adapter, tcfg, torch.device("cpu"))
+    fused, _, _ = build_optimiser(adapter, tcfg, torch.device("cpu"), 5)
     assert fused.defaults["fused"] is True
     twins = [p.detach().clone().requires_grad_(True) for p in adapter.trainable_parameters()]
     start = [q.detach().clone() for q in twins]

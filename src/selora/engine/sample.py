@@ -1,7 +1,7 @@
 """``selora sample``: generate the test prompts' images with a run's best adapter.
 
 The adapter is loaded **from its exported standard LoRA file** into a fresh diffusers pipeline
-(``load_lora_weights``), which proves the export. Each test prompt gets ``images_per_prompt``
+(``load_lora_weights``), which proves the export, then fused into the base weights (``fuse_lora``). Each test prompt gets ``images_per_prompt``
 images; image j of prompt i always uses seed ``sample.seed + i·k + j`` — the same for every
 method and training seed, so methods are compared on the same initial noise. Batches pass one
 generator per image, so an image does not depend on the batch it was drawn in; memory is bounded
@@ -70,6 +70,11 @@ def build_pipeline(params: Params, adapter_dir: Path | None, device: torch.devic
     pipe = load_pipeline(params, torch_dtype=dtype)
     if adapter_dir is not None:  # None: the untouched base model
         pipe.load_lora_weights(str(adapter_dir))
+        # Merged into the base weights and the LoRA layers removed: the same images (to float
+        # rounding, tested) with one matmul per layer instead of three; sampling the miniature's
+        # 128 test prompts took 12.2 s unfused, 9.4 s fused (benchmarks/README).
+        pipe.fuse_lora()
+        pipe.unload_lora_weights()
     cls = getattr(diffusers, SCHEDULERS[params.sample.scheduler])
     pipe.scheduler = cls.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)

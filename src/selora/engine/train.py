@@ -11,8 +11,8 @@ phase per step below, in the order they run. The method-specific parts are the a
 4. the resume point: the last checkpoint, when it is verified and was written for the same params,
    data, base model and seeds (:func:`selora.runlayout.run_identity`); its adapter is restored;
 5. the optimiser, Adam with ``train.lr``, ``train.betas`` and ``train.weight_decay`` from the params
-   (Table 4's values, but for ``train.lr``: see params.yaml), a constant LR schedule and fp16 loss
-   scaling; then the rest of the checkpoint's state (:class:`selora.engine.state.TrainState`);
+   (Table 4's values, but for ``train.lr``: see params.yaml), the LR schedule ``train.lr_schedule``
+   and fp16 loss scaling; then the rest of the checkpoint's state (:class:`selora.engine.state.TrainState`);
 6. the loop (:mod:`selora.engine.loop`): ε-prediction MSE, adapter hooks, logs, peak memory and
    checkpoints; before training, "epoch -1", the untouched base's validation loss;
 7. after each epoch: validation loss on fixed (noise, timestep) draws; the best epoch's adapter is
@@ -85,9 +85,9 @@ def train(params: Params, run: RunId, *, data_dir: str | Path | None = None,
     if saved is not None:
         TrainState.restore_adapter(adapter, saved)
 
-    # 5. Optimiser (Adam, Table 4), constant LR schedule, fp16 loss scaling, the data generator;
+    # 5. Optimiser (Adam, Table 4), its LR schedule, fp16 loss scaling, the data generator;
     #    then the rest of the saved state: optimiser, schedules, RNG, data position, logs.
-    state = TrainState.start(target, adapter, *build_optimiser(adapter, tcfg, device),
+    state = TrainState.start(target, adapter, *build_optimiser(adapter, tcfg, device, data.total_steps),
                              rng=torch.Generator().manual_seed(run.seed))
     if saved is not None:
         state.restore(saved)
@@ -167,15 +167,19 @@ def build_adapter(params: Params, run: RunId, model: Model, total_steps: int,
     return adapter
 
 
-def build_optimiser(adapter: Adapter, tcfg: TrainConfig, device: torch.device) -> tuple[
+def build_optimiser(adapter: Adapter, tcfg: TrainConfig, device: torch.device, total_steps: int) -> tuple[
         torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler, torch.amp.GradScaler]:
-    """Adam on the adapter's trainable parameters (Table 4), a constant LR, fp16 loss scaling.
+    """Adam on the adapter's trainable parameters (Table 4), the LR schedule ``train.lr_schedule``
+    (diffusers' ``get_scheduler``: constant, or decayed to 0 over ``total_steps``), fp16 loss scaling.
 
     Adam's fused kernel (CPU and CUDA) updates the ~200 small adapter matrices in one call instead of
     one per tensor: the same update, 3.5× faster on the miniature's LoRA (benchmarks/optimiser.py).
     """
     optimizer = torch.optim.Adam(adapter.trainable_parameters(), lr=tcfg.lr, betas=tuple(tcfg.betas),
                                  weight_decay=tcfg.weight_decay, fused=device.type in FUSED_ADAM)
-    lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _step: 1.0)
+    from diffusers.optimization import get_scheduler
+
+    lr_scheduler = get_scheduler(tcfg.lr_schedule, optimizer, num_warmup_steps=0,
+                                 num_training_steps=total_steps)
     scaler = torch.amp.GradScaler(device.type, enabled=tcfg.mixed_precision == "fp16")
     return optimizer, lr_scheduler, scaler
