@@ -109,11 +109,29 @@ def test_generated_images_depend_on_the_caption(tiny_pipeline):
 
 def test_pretraining_is_deterministic(tmp_path, synthetic_dirs):
     p = load_params(None, ["base_model.tiny.vae_steps=5", "base_model.tiny.unet_steps=5",
-                           "base_model.tiny.batch_size=8"])
+                           "base_model.tiny.batch_size=8", "base_model.tiny.vae_chroma_weight=3"])
     for name in ("a", "b"):
         pretrain_base(p, synthetic_dirs["natural"], None, tmp_path / name, progress=False)
         (tmp_path / name / "pretrain_report.json").unlink()  # holds wall times
     assert file_digest(tmp_path / "a") == file_digest(tmp_path / "b")
+
+
+def test_the_vae_chroma_loss_charges_tints_not_brightness_errors():
+    """vae_loss: with weight 0 it is the MSE; an error shared by R, G and B (a brightness error)
+    costs the MSE only, whatever the weight; the same error energy as a tint (R up, B down) costs
+    the MSE plus weight × its colour-difference MSE."""
+    from selora.pretrain import vae_loss
+
+    x = torch.rand(4, 1, 8, 8).expand(4, 3, 8, 8) * 2 - 1  # gray images [4, 3, 8, 8]
+    bright = x + 0.1
+    tint = x + torch.tensor([0.1, 0.0, -0.1]).view(1, 3, 1, 1) * (3 / 2) ** 0.5  # same MSE as bright
+    mse = torch.nn.functional.mse_loss
+    assert vae_loss(tint, x, 0.0) == mse(tint, x)
+    assert torch.allclose(mse(tint, x), mse(bright, x))
+    for w in (1.0, 3.0):
+        assert torch.allclose(vae_loss(bright, x, w), mse(bright, x))
+        # (R − G) error 0.1225 and (B − G) error −0.1225: their MSE is 0.015
+        assert torch.allclose(vae_loss(tint, x, w), mse(tint, x) + w * 0.015, atol=1e-6)
 
 
 def test_base_model_names_resolve_or_fail_clearly(tmp_path):

@@ -66,8 +66,19 @@ def _batches(n: int, batch_size: int, gen: torch.Generator):
             yield perm[i:i + batch_size]
 
 
+def vae_loss(rec: torch.Tensor, x: torch.Tensor, chroma_weight: float = 0.0) -> torch.Tensor:
+    """MSE of a reconstruction [N, 3, H, W], plus ``chroma_weight`` × the MSE of its colour
+    differences (R − G, B − G): an error shared by the three channels (brightness) costs only the MSE,
+    one that tints a gray image costs more (``base_model.tiny.vae_chroma_weight``)."""
+    loss = F.mse_loss(rec, x)
+    if chroma_weight:
+        err = rec - x  # [N, 3, H, W]
+        loss = loss + chroma_weight * F.mse_loss(err[:, [0, 2]], err[:, [1, 1]])
+    return loss
+
+
 def train_vae(vae, images: torch.Tensor, steps: int, lr: float, batch_size: int,
-              gen: torch.Generator, progress: bool) -> list[float]:
+              gen: torch.Generator, progress: bool, chroma_weight: float = 0.0) -> list[float]:
     """Train as a deterministic autoencoder (posterior mean), then pin a tiny posterior variance.
 
     Sampling the posterior from the start (its std is ≈ 1 at initialisation) slows learning several
@@ -86,7 +97,7 @@ def train_vae(vae, images: torch.Tensor, steps: int, lr: float, batch_size: int,
     for _ in tqdm(range(steps), desc="pretrain VAE", disable=not progress):
         x = images[next(batches)]
         rec = vae.decode(vae.encode(x).latent_dist.mode()).sample
-        loss = F.mse_loss(rec, x)
+        loss = vae_loss(rec, x, chroma_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0, foreach=True)
@@ -271,7 +282,8 @@ def pretrain_base(params: Params, natural_dir: str | Path, reports_dir: str | Pa
 
     # 1. VAE
     vae = tinysd.build_vae(cfg)
-    vae_losses = train_vae(vae, train_x, cfg.vae_steps, cfg.vae_lr, cfg.vae_batch_size, gen, progress)
+    vae_losses = train_vae(vae, train_x, cfg.vae_steps, cfg.vae_lr, cfg.vae_batch_size, gen, progress,
+                           cfg.vae_chroma_weight)
     vae.requires_grad_(False)
     vae_psnr = reconstruction_psnr(vae, test_x)
     target = _target_domain_reconstruction(vae, reports_dir, cfg.image_size)
