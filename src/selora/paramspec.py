@@ -76,8 +76,9 @@ class TinyConfig:
     vae_chroma_weight: float = param(
         "Extra weight on the colour-difference error (R − G, B − G) of the VAE's reconstructions, on top "
         "of the MSE. Every generated film is decoded by this VAE, and its error lands on R and B unequally: "
-        "grayscale radiographs come back tinted (mean |R − B| 0.020 with 0, 0.008 with 3, on held-out CXR "
-        "phantoms; benchmarks/README). 0 = plain MSE.", minimum=0, default=0.0)
+        "grayscale radiographs come back tinted (mean |R − B| on held-out CXR phantoms 0.020 with 0, 0.014 "
+        "with 1, 0.008 with 3, at 0.3 / 1.3 dB less PSNR on them; benchmarks/README). 0 = plain MSE.",
+        minimum=0, default=0.0)
     unet_steps: int = param(minimum=0, default=2000)
     unet_lr: float = param(exclusiveMinimum=0, default=1.0e-3)
     batch_size: int = param("U-Net + text encoder batch (more small steps beat fewer large ones here).",
