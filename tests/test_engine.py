@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import signal
@@ -349,7 +350,7 @@ def test_the_lr_schedule_is_constant_or_decays_to_zero_at_the_last_step(name):
     if name == "constant":
         assert lrs == [tcfg.lr] * 10 and optimizer.param_groups[0]["lr"] == tcfg.lr
     else:
-        assert all(a > b for a, b in zip(lrs, lrs[1:])) and lrs[-1] > 0
+        assert all(a > b for a, b in itertools.pairwise(lrs)) and lrs[-1] > 0
         assert optimizer.param_groups[0]["lr"] == 0.0
         assert lrs[5] == pytest.approx(tcfg.lr / 2, rel=1e-9)  # half-way: both at half the lr
 

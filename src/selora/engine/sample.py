@@ -1,9 +1,10 @@
 """``selora sample``: generate the test prompts' images with a run's best adapter.
 
 The adapter is loaded **from its exported standard LoRA file** into a fresh diffusers pipeline
-(``load_lora_weights``), which proves the export, then fused into the base weights (``fuse_lora``). Each test prompt gets ``images_per_prompt``
-images; image j of prompt i always uses seed ``sample.seed + i·k + j`` — the same for every
-method and training seed, so methods are compared on the same initial noise. Batches pass one
+(``load_lora_weights``), which proves the export, then fused into the base weights
+(``fuse_lora``). Each test prompt gets ``images_per_prompt`` images; image j of prompt i always
+uses seed ``sample.seed + i·k + j`` — the same for every method and training seed, so methods are
+compared on the same initial noise. Batches pass one
 generator per image, so an image does not depend on the batch it was drawn in; memory is bounded
 by ``sample.batch_size``.
 
