@@ -116,25 +116,25 @@ def test_sampling_is_deterministic_and_prompt_dependent(trained, prepared, tmp_p
     assert all(Path(r["real_image"]).is_file() for r in rows)
 
     # Same noise seed, two prompts: the images differ.
+    from selora.basemodel import load_pipeline
     from selora.engine.sample import build_pipeline
 
+    def draw(p) -> np.ndarray:
+        gens = [torch.Generator().manual_seed(3) for _ in range(2)]
+        return p(["The heart is enlarged. Bilateral pleural effusions.", "The lungs are clear."],
+                 num_inference_steps=4, guidance_scale=7.5, generator=gens, output_type="np").images
+
     pipe = build_pipeline(params, root / "train" / "adapter" / "best", torch.device("cpu"))
-    gens = [torch.Generator().manual_seed(3) for _ in range(2)]
-    out = pipe(["The heart is enlarged. Bilateral pleural effusions.", "The lungs are clear."],
-               num_inference_steps=4, guidance_scale=7.5, generator=gens, output_type="np").images
+    out = draw(pipe)
     assert np.abs(out[0] - out[1]).mean() > 1e-3
 
     # The fused pipeline (no LoRA layers left) draws what the loaded, unfused LoRA layers draw.
-    from selora.basemodel import load_pipeline
-
     assert not any("lora" in name for name, _ in pipe.unet.named_modules())
     unfused = load_pipeline(params)
     unfused.load_lora_weights(str(root / "train" / "adapter" / "best"))
     unfused.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
     assert any("lora" in name for name, _ in unfused.unet.named_modules())
-    gens = [torch.Generator().manual_seed(3) for _ in range(2)]
-    ref = unfused(["The heart is enlarged. Bilateral pleural effusions.", "The lungs are clear."],
-                  num_inference_steps=4, guidance_scale=7.5, generator=gens, output_type="np").images
+    ref = draw(unfused)
     assert np.abs(out - ref).max() < 1e-4
 
 
