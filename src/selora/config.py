@@ -30,6 +30,7 @@ from selora.errors import ConfigError
 from selora.paramspec import (
     AblationConfig,
     BaseModelConfig,
+    CxrConfig,
     EvaluateConfig,
     ExperimentConfig,
     ImageSetConfig,
@@ -47,8 +48,8 @@ from selora.paramspec import (
 from selora.sections import NOUNS, Sections, check_tree, registered_classes
 
 __all__ = [
-    "AblationConfig", "BaseModelConfig", "EvaluateConfig", "ExperimentConfig", "ImageSetConfig",
-    "NaturalConfig", "Params", "Paths", "SampleConfig", "Sections", "Setup", "Splits", "StatisticsConfig",
+    "AblationConfig", "BaseModelConfig", "CxrConfig", "EvaluateConfig", "ExperimentConfig",
+    "ImageSetConfig", "NaturalConfig", "Params", "Paths", "SampleConfig", "Sections", "Setup", "Splits", "StatisticsConfig",
     "SyntheticConfig", "TinyConfig", "TrainConfig", "load_params", "params_from_dict", "validate_raw",
 ]
 

@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 
 from selora.errors import ConfigError
 from selora.sections import Registered, Sections, param
+from selora.synthetic.cxr import FINDINGS, PRIORS, finding_priors
 
 HEADER = {
     "title": "selora params",
@@ -152,10 +153,28 @@ class NaturalConfig(ImageSetConfig):
 
 
 @dataclass(frozen=True)
+class CxrConfig(ImageSetConfig):
+    findings: dict[str, dict[str, float]] = param(
+        "Which findings the phantoms vary, each listed value with its probability (they sum to 1 per "
+        "finding); a finding left out is always normal, its negative sentence still in every report. "
+        "The default varies all five at IU X-Ray-like priors, about 1 case in 3 normal. The miniature "
+        "learns a finding that is a side (right / left) or a lobe only from ~18x the grid's fine-tuning "
+        "budget, so params.yaml varies three large, side-free ones (README, benchmarks/README).",
+        default={k: dict(zip(FINDINGS[k], p, strict=True)) for k, p in PRIORS.items()})
+    report_style: str = param(
+        "varied: IU X-Ray-like reports, 3-5 phrasings of each finding, optional sentences on bones and "
+        "XXXX tokens; fixed: one phrasing per finding and nothing else, so the report's words are its "
+        "findings (the same images either way).", enum=["varied", "fixed"], default="varied")
+
+    def check(self, key: str) -> None:
+        finding_priors(self.findings, f"{key}.findings")
+
+
+@dataclass(frozen=True)
 class SyntheticConfig:
     natural: NaturalConfig = param(
         "Coloured scenes with captions naming what is drawn (pre-training of the miniature).", default={})
-    cxr: ImageSetConfig = param(
+    cxr: CxrConfig = param(
         "Chest-radiograph-like phantoms whose report decides what is visible (stands in for IU X-Ray).",
         default={})
 

@@ -44,13 +44,18 @@ LabelSchema = dict[str, tuple[str, ...]]
 
 
 def label_schema(dataset: str, rows: Sequence[Mapping[str, Any]]) -> LabelSchema:
-    """The categorical labels the network learns: FINDINGS for the synthetic CXR set, otherwise
-    every label key present in all rows with 2–20 distinct scalar values (empty = none usable)."""
+    """The categorical labels the network learns: for the synthetic CXR set the registered FINDINGS
+    with the values that occur in ``rows`` (a finding the data set does not vary, see
+    ``synthetic.cxr.findings``, is left out: reading a constant would inflate the accuracy),
+    otherwise every label key present in all rows with 2–20 distinct scalar values (empty = none
+    usable)."""
     from selora.data.registry import dataset_specs
 
     fixed = next((d.findings for d in dataset_specs() if d.name == dataset), None)  # as registered
     if fixed is not None:
-        return {k: tuple(v) for k, v in fixed.items()}
+        seen = {k: {str((r.get("labels") or {}).get(k)) for r in rows} for k in fixed}
+        kept = {k: tuple(v for v in values if v in seen[k]) for k, values in fixed.items()}
+        return {k: v for k, v in kept.items() if len(v) >= 2}
     if not rows:
         return {}
     keys = set.intersection(*(set((r.get("labels") or {}).keys()) for r in rows))
@@ -175,7 +180,7 @@ def finding_scores(pred: torch.Tensor, target: torch.Tensor, schema: LabelSchema
     """Accuracy per finding, their mean, the balanced mean (mean per-class recall, so a reader that
     always says "normal" does not score well on mostly normal sets), exact match, and the majority
     baseline of ``target`` for scale."""
-    per_key, balanced, majority = {}, [], []
+    per_key, per_balanced, majority = {}, {}, []
     for j, key in enumerate(schema):
         known = target[:, j] >= 0  # -1: a value the network was not trained on; not scored
         p, t = pred[known, j], target[known, j]
@@ -183,14 +188,15 @@ def finding_scores(pred: torch.Tensor, target: torch.Tensor, schema: LabelSchema
             continue
         per_key[key] = float((p == t).float().mean())
         recalls = [float((p[t == c] == c).float().mean()) for c in torch.unique(t).tolist()]
-        balanced.append(float(np.mean(recalls)))
+        per_balanced[key] = float(np.mean(recalls))
         majority.append(float(torch.bincount(t).max()) / len(t))
     return {
         "accuracy": float(np.mean(list(per_key.values()))),
-        "balanced_accuracy": float(np.mean(balanced)),
+        "balanced_accuracy": float(np.mean(list(per_balanced.values()))),
         "exact_match": float((pred == target).all(dim=1).float().mean()),
         "unscored_labels": int((target < 0).sum()),
         "per_finding": per_key,
+        "per_finding_balanced": per_balanced,
         "majority_baseline": float(np.mean(majority)),
         "n": len(target),
     }

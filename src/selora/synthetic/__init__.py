@@ -8,15 +8,24 @@ not on order or batching.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm import tqdm
 
-from selora.config import ImageSetConfig, NaturalConfig
 from selora.imagefolder import image_folder
 from selora.splits import assign_splits
-from selora.synthetic.cxr import RADIOGRAPH_CAPTIONS, render_cxr, sample_findings, write_report
+from selora.synthetic.cxr import (
+    RADIOGRAPH_CAPTIONS,
+    finding_priors,
+    render_cxr,
+    sample_findings,
+    write_report,
+)
 from selora.synthetic.natural import SCENE_LABELS, render_scene
+
+if TYPE_CHECKING:  # selora.paramspec imports the finding tables from this package
+    from selora.config import CxrConfig, NaturalConfig
 
 _SET_IDS = {"natural": 1, "cxr": 2, "radiograph": 4}  # 3: the caption probe's scenes
 
@@ -52,14 +61,16 @@ def make_natural(cfg: NaturalConfig, out: str | Path, seed: int, progress: bool 
         return writer.counts()
 
 
-def make_cxr(cfg: ImageSetConfig, out: str | Path, seed: int, progress: bool = True) -> dict[str, int]:
-    """Write the synthetic chest-radiograph set with its findings labels; returns counts per split."""
+def make_cxr(cfg: CxrConfig, out: str | Path, seed: int, progress: bool = True) -> dict[str, int]:
+    """Write the synthetic chest-radiograph set with its findings labels (all five, the ones that
+    do not vary as normal); returns counts per split."""
     splits = assign_splits(cfg.n_images, cfg.splits.as_dict(), seed)
+    priors = finding_priors(cfg.findings)
     with image_folder(out) as writer:
         for i in tqdm(range(cfg.n_images), desc="synthetic CXR", disable=not progress):
             rng = _rng(seed, "cxr", i)
-            findings = sample_findings(rng)
+            findings = sample_findings(rng, priors)
             image = render_cxr(findings, rng, cfg.size)
-            writer.add(image, split=splits[i], text=write_report(findings, rng),
+            writer.add(image, split=splits[i], text=write_report(findings, rng, cfg.report_style),
                        source_id=f"scxr-{i:06d}", labels=findings, stem=f"{i:06d}")
         return writer.counts()

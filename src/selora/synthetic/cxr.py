@@ -17,12 +17,19 @@ Findings (each independent, so combinations occur):
 - ``nodule``: none | right upper | right lower | left upper | left lower (a bright round opacity)
 - ``pneumothorax``: none | right | left (a dark, marking-free rim around a collapsed lung)
 - ``device``: none | pacemaker (a bright generator in the left chest wall, a lead to the heart)
+
+``synthetic.cxr.findings`` chooses which of them vary (and how often); ``report_style`` whether the
+reports paraphrase (``varied``) or say each finding one way (``fixed``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 from PIL import Image
+
+from selora.errors import ConfigError
 
 FINDINGS: dict[str, tuple[str, ...]] = {
     "heart": ("normal", "enlarged"),
@@ -50,8 +57,30 @@ LUNG = {"right": (0.31, 0.45, 0.15, 0.30), "left": (0.69, 0.45, 0.14, 0.29)}
 SS = 4  # render at SS × size, then box-downsample
 
 
-def sample_findings(rng: np.random.Generator) -> dict[str, str]:
-    return {k: FINDINGS[k][rng.choice(len(FINDINGS[k]), p=PRIORS[k])] for k in FINDINGS}
+def finding_priors(findings: Mapping[str, Mapping[str, float]],
+                   key: str = "synthetic.cxr.findings") -> dict[str, tuple[float, ...]]:
+    """Each finding's value probabilities (in FINDINGS order) from ``synthetic.cxr.findings``: the
+    listed findings as given (unlisted values 0), the others always normal."""
+    out = {k: (1.0,) + (0.0,) * (len(v) - 1) for k, v in FINDINGS.items()}
+    for name, probs in findings.items():
+        if name not in FINDINGS:
+            raise ConfigError(f"{key}: unknown finding {name!r}; known: {', '.join(FINDINGS)}")
+        unknown = [v for v in probs if v not in FINDINGS[name]]
+        if unknown:
+            raise ConfigError(f"{key}.{name}: unknown value(s) {', '.join(map(repr, unknown))}; known: "
+                              f"{', '.join(FINDINGS[name])}")
+        p = tuple(float(probs.get(v, 0.0)) for v in FINDINGS[name])
+        if min(p) < 0 or abs(sum(p) - 1) > 1e-6:
+            raise ConfigError(f"{key}.{name}: probabilities must be >= 0 and sum to 1, got {dict(probs)}")
+        out[name] = p
+    return out
+
+
+def sample_findings(rng: np.random.Generator,
+                    priors: Mapping[str, tuple[float, ...]] = PRIORS) -> dict[str, str]:
+    """One case's findings: one draw per finding whatever ``priors`` say, so each finding's draw
+    does not depend on which of the others vary."""
+    return {k: FINDINGS[k][rng.choice(len(FINDINGS[k]), p=priors[k])] for k in FINDINGS}
 
 
 def is_normal(f: dict[str, str]) -> bool:
@@ -202,12 +231,15 @@ def _expose(img: np.ndarray, rng: np.random.Generator, size: int) -> Image.Image
 
 
 # ----------------------------------------------------------------------------- reports
-def _pick(rng: np.random.Generator, options: list[str]) -> str:
-    return options[rng.integers(len(options))]
+def write_report(f: dict[str, str], rng: np.random.Generator, style: str = "varied") -> str:
+    """Findings text in the style of IU X-Ray reports; every sentence is decided by ``f``. ``fixed``:
+    the first phrasing of each finding and no optional sentence (the same draws either way)."""
+    fixed = style == "fixed"
 
+    def _pick(rng: np.random.Generator, options: list[str]) -> str:
+        k = rng.integers(len(options))
+        return options[0] if fixed else options[k]
 
-def write_report(f: dict[str, str], rng: np.random.Generator) -> str:
-    """Findings text in the style of IU X-Ray reports; every sentence is decided by ``f``."""
     s: list[str] = []
     if f["heart"] == "normal":
         s.append(_pick(rng, ["The heart is normal in size.", "Heart size is within normal limits.",
@@ -248,10 +280,10 @@ def write_report(f: dict[str, str], rng: np.random.Generator) -> str:
         s.append(_pick(rng, ["Left chest wall pacemaker in place.",
                              "A left-sided pacemaker is present with lead in the right ventricle.",
                              "Dual lead pacemaker in the left chest wall."]))
-    if rng.random() < 0.35:
+    if rng.random() < 0.35 and not fixed:
         s.append(_pick(rng, ["No acute bony abnormality.", "Degenerative changes of the thoracic spine.",
                              "Stable XXXX of the thoracic spine.", "XXXX XXXX are intact.",
                              "Visualized osseous structures are unremarkable."]))
-    if is_normal(f) and rng.random() < 0.3:
+    if is_normal(f) and rng.random() < 0.3 and not fixed:
         s.append("No acute cardiopulmonary abnormality.")
     return " ".join(s)
