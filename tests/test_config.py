@@ -173,3 +173,14 @@ def test_cross_field_rules_live_on_their_section():
     check_section(Splits(train=0.5, validation=0.25, test=0.25), "my.splits")
     with pytest.raises(ConfigError, match=r"base_model\.tiny\.image_size: 34 is not a multiple"):
         load_params(ROOT / "params.yaml", ["base_model.tiny.image_size=34"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("synthetic.cxr.findings.lung={none: 1.0}", r"synthetic\.cxr\.findings: unknown finding 'lung'"),
+    ("synthetic.cxr.findings.heart.big=0.5", r"synthetic\.cxr\.findings\.heart: unknown value\(s\) 'big'"),
+    ("synthetic.cxr.findings.device.none=0.9",
+     r"synthetic\.cxr\.findings\.device: probabilities .* sum to 1"),
+])
+def test_a_bad_findings_param_names_the_finding_and_the_known_values(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_params(ROOT / "params.yaml", [override])

@@ -249,6 +249,7 @@ def test_finding_scores_on_hand_made_predictions():
     s = finding_scores(always_normal, target, schema)
     assert s["per_finding"] == {"heart": 0.75, "device": pytest.approx(2 / 3)}
     assert s["balanced_accuracy"] == pytest.approx(0.5)  # (1 + 0) / 2 for both findings
+    assert s["per_finding_balanced"] == {"heart": 0.5, "device": 0.5}
     assert s["majority_baseline"] == pytest.approx((0.75 + 2 / 3) / 2) and s["unscored_labels"] == 1
     perfect = finding_scores(target.clamp(min=0), target, schema)
     assert perfect["accuracy"] == perfect["balanced_accuracy"] == 1.0 and perfect["exact_match"] == 0.75

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -134,3 +136,37 @@ def test_natural_set_holds_its_share_of_generic_radiographs_with_one_label_schem
     assert all(" on a " in r["text"] and r["labels"]["shape"] != "none" for r in scenes)
     ds = datasets.load_dataset("imagefolder", data_dir=str(tmp_path / "n"))
     assert sum(len(ds[s]) for s in ds) == 40
+
+
+def test_the_findings_param_chooses_what_varies_and_a_fixed_style_says_each_finding_one_way(tmp_path):
+    """``synthetic.cxr.findings`` decides which findings vary (the rest stay normal, and the
+    reader leaves them out: a constant read right would inflate the finding accuracy);
+    ``report_style: fixed`` makes the report a function of the findings alone."""
+    from selora.metrics.reference import label_schema
+
+    two = ["synthetic.cxr.n_images=60", "synthetic.cxr.size=32",
+           "synthetic.cxr.findings={heart: {normal: 0.5, enlarged: 0.5}, "
+           "device: {none: 0.4, pacemaker: 0.6}}"]
+    texts = {}
+    for style in ("fixed", "varied"):
+        p = load_params(None, [*two, f"synthetic.cxr.report_style={style}"])
+        make_cxr(p.synthetic.cxr, tmp_path / style, seed=0, progress=False)
+        rows = read_manifest(tmp_path / style)
+        assert all(r["labels"][k] == "none" for r in rows for k in ("effusion", "nodule", "pneumothorax"))
+        assert {r["labels"]["heart"] for r in rows} == {"normal", "enlarged"}
+        assert {r["labels"]["device"] for r in rows} == {"none", "pacemaker"}
+        assert label_schema("synthetic-cxr", rows) == {"heart": ("normal", "enlarged"),
+                                                       "device": ("none", "pacemaker")}
+        by_case: dict[tuple[str, str], set[str]] = {}
+        for r in rows:
+            by_case.setdefault((r["labels"]["heart"], r["labels"]["device"]), set()).add(r["text"])
+        texts[style] = by_case
+    assert all(len(t) == 1 for t in texts["fixed"].values()) and len(texts["fixed"]) == 4
+    assert max(len(t) for t in texts["varied"].values()) >= 3
+    # The images and labels are the same either way; only the words differ.
+    fixed, varied = read_manifest(tmp_path / "fixed"), read_manifest(tmp_path / "varied")
+    assert [r["labels"] for r in fixed] == [r["labels"] for r in varied]
+    assert all(Path(a["path"]).read_bytes() == Path(b["path"]).read_bytes()
+               for a, b in zip(fixed, varied, strict=True))
+    # The default varies all five (the realistic set).
+    assert set(load_params(None).synthetic.cxr.findings) == set(FINDINGS)

@@ -49,8 +49,9 @@ from selora.sections import NOUNS, Sections, check_tree, registered_classes
 
 __all__ = [
     "AblationConfig", "BaseModelConfig", "CxrConfig", "EvaluateConfig", "ExperimentConfig",
-    "ImageSetConfig", "NaturalConfig", "Params", "Paths", "SampleConfig", "Sections", "Setup", "Splits", "StatisticsConfig",
-    "SyntheticConfig", "TinyConfig", "TrainConfig", "load_params", "params_from_dict", "validate_raw",
+    "ImageSetConfig", "NaturalConfig", "Params", "Paths", "SampleConfig", "Sections", "Setup", "Splits",
+    "StatisticsConfig", "SyntheticConfig", "TinyConfig", "TrainConfig", "load_params", "params_from_dict",
+    "validate_raw",
 ]
 
 
