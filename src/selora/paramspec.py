@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from selora.errors import ConfigError
+from selora.findings import FINDINGS, PRIORS, finding_priors
 from selora.sections import Registered, Sections, param
-from selora.synthetic.cxr import FINDINGS, PRIORS, finding_priors
 
 HEADER = {
     "title": "selora params",

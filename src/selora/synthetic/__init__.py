@@ -8,11 +8,11 @@ not on order or batching.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm import tqdm
 
+from selora.config import CxrConfig, NaturalConfig
 from selora.imagefolder import image_folder
 from selora.splits import assign_splits
 from selora.synthetic.cxr import (
@@ -23,9 +23,6 @@ from selora.synthetic.cxr import (
     write_report,
 )
 from selora.synthetic.natural import SCENE_LABELS, render_scene
-
-if TYPE_CHECKING:  # selora.paramspec imports the finding tables from this package
-    from selora.config import CxrConfig, NaturalConfig
 
 _SET_IDS = {"natural": 1, "cxr": 2, "radiograph": 4}  # 3: the caption probe's scenes
 

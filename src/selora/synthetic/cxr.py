@@ -29,23 +29,10 @@ from collections.abc import Mapping
 import numpy as np
 from PIL import Image
 
-from selora.errors import ConfigError
+from selora.findings import FINDINGS, PRIORS, finding_priors
 
-FINDINGS: dict[str, tuple[str, ...]] = {
-    "heart": ("normal", "enlarged"),
-    "effusion": ("none", "right", "left", "bilateral"),
-    "nodule": ("none", "right upper", "right lower", "left upper", "left lower"),
-    "pneumothorax": ("none", "right", "left"),
-    "device": ("none", "pacemaker"),
-}
-# Probability of each value (same order as FINDINGS); roughly 1 in 3 cases is normal.
-PRIORS: dict[str, tuple[float, ...]] = {
-    "heart": (0.7, 0.3),
-    "effusion": (0.7, 0.1, 0.1, 0.1),
-    "nodule": (0.72, 0.07, 0.07, 0.07, 0.07),
-    "pneumothorax": (0.8, 0.1, 0.1),
-    "device": (0.8, 0.2),
-}
+__all__ = ["FINDINGS", "PRIORS", "RADIOGRAPH_CAPTIONS", "finding_priors", "is_normal", "render_cxr",
+           "sample_findings", "write_report"]
 
 # Captions of the generic radiographs in the natural set (selora.synthetic.make_natural): they say
 # what the image is, never what it shows.
@@ -55,25 +42,6 @@ RADIOGRAPH_CAPTIONS = ("a chest x-ray", "a frontal chest radiograph", "an x-ray 
 # Lung fields in image coordinates (x to the right, y down, both in [0, 1]).
 LUNG = {"right": (0.31, 0.45, 0.15, 0.30), "left": (0.69, 0.45, 0.14, 0.29)}
 SS = 4  # render at SS × size, then box-downsample
-
-
-def finding_priors(findings: Mapping[str, Mapping[str, float]],
-                   key: str = "synthetic.cxr.findings") -> dict[str, tuple[float, ...]]:
-    """Each finding's value probabilities (in FINDINGS order) from ``synthetic.cxr.findings``: the
-    listed findings as given (unlisted values 0), the others always normal."""
-    out = {k: (1.0,) + (0.0,) * (len(v) - 1) for k, v in FINDINGS.items()}
-    for name, probs in findings.items():
-        if name not in FINDINGS:
-            raise ConfigError(f"{key}: unknown finding {name!r}; known: {', '.join(FINDINGS)}")
-        unknown = [v for v in probs if v not in FINDINGS[name]]
-        if unknown:
-            raise ConfigError(f"{key}.{name}: unknown value(s) {', '.join(map(repr, unknown))}; known: "
-                              f"{', '.join(FINDINGS[name])}")
-        p = tuple(float(probs.get(v, 0.0)) for v in FINDINGS[name])
-        if min(p) < 0 or abs(sum(p) - 1) > 1e-6:
-            raise ConfigError(f"{key}.{name}: probabilities must be >= 0 and sum to 1, got {dict(probs)}")
-        out[name] = p
-    return out
 
 
 def sample_findings(rng: np.random.Generator,
