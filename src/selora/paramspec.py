@@ -157,9 +157,10 @@ class CxrConfig(ImageSetConfig):
     findings: dict[str, dict[str, float]] = param(
         "Which findings the phantoms vary, each listed value with its probability (they sum to 1 per "
         "finding); a finding left out is always normal, its negative sentence still in every report. "
-        "The default varies all five at IU X-Ray-like priors, about 1 case in 3 normal. The miniature "
-        "learns a finding that is a side (right / left) or a lobe only from ~18x the grid's fine-tuning "
-        "budget, so params.yaml varies three large, side-free ones (README, benchmarks/README).",
+        "The default varies all five at IU X-Ray-like priors, about 1 case in 3 normal. At the "
+        "embedded grid's fine-tuning budget the miniature learns neither a finding that is a side "
+        "(right / left) or a lobe nor any finding among five in varied words, so params.yaml varies "
+        "three large, side-free ones in fixed words (README, benchmarks/README).",
         default={k: dict(zip(FINDINGS[k], p, strict=True)) for k, p in PRIORS.items()})
     report_style: str = param(
         "varied: IU X-Ray-like reports, 3-5 phrasings of each finding, optional sentences on bones and "
