@@ -196,6 +196,7 @@ def _write_samples_and_metrics(folder: Path, run: RunId, real_images: list[Path]
                     "accuracy": 0.99,
                     "balanced_accuracy": 0.98,
                     "majority_baseline": 0.74,
+                    "per_finding": {"heart": 1.0, "device": 0.98},
                 },
             }
         )
@@ -294,7 +295,7 @@ def test_quality_table_states_its_configuration_and_aggregates_seeds(built):
         "from the logs): 120",
         "base model",
         "not Inception",
-        "accuracy 0.990",
+        "reads the findings (heart, device) with accuracy 0.990",
         "'fake-clip'",
         "160 generated images covering 160 of 160 test prompts; KID over 50 subsets of 50",
         "calls 100.0 % of 160 real test images and 1.5 % of 66 natural scenes real",

@@ -185,8 +185,10 @@ def config_block(
     fs = space.get("label", "?")
     if space.get("name") == "reference" and space.get("reference_real_test"):
         rt = space["reference_real_test"]
+        which = f" ({', '.join(rt['per_finding'])})" if rt.get("per_finding") else ""
         fs += (
-            f"; on the {rt['n']} real test images it reads the findings with accuracy {rt['accuracy']:.3f} "
+            f"; on the {rt['n']} real test images it reads the findings{which} with accuracy "
+            f"{rt['accuracy']:.3f} "
             f"(balanced {rt['balanced_accuracy']:.3f}, majority baseline {rt['majority_baseline']:.3f})"
         )
     clip = space.get("clip_model") or params.evaluate.clip_model
