@@ -201,7 +201,8 @@ def _expose(img: np.ndarray, rng: np.random.Generator, size: int) -> Image.Image
 # ----------------------------------------------------------------------------- reports
 def write_report(f: dict[str, str], rng: np.random.Generator, style: str = "varied") -> str:
     """Findings text in the style of IU X-Ray reports; every sentence is decided by ``f``. ``fixed``:
-    the first phrasing of each finding and no optional sentence (the same draws either way)."""
+    the first phrasing of each finding and no optional sentence. Written after the image from the
+    case's own stream, so the style never changes an image."""
     fixed = style == "fixed"
 
     def _pick(rng: np.random.Generator, options: list[str]) -> str:
