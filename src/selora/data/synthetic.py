@@ -15,9 +15,9 @@ from selora.data import iuxray
 from selora.data.common import Candidate, PrepareOptions, SkipLog, clean_text, natural_key, require_dir
 from selora.data.registry import DatasetSpec, register_dataset
 from selora.errors import DatasetFormatError
+from selora.findings import FINDINGS
 from selora.imagefolder import MANIFEST, SPLITS
 from selora.sections import param
-from selora.synthetic.cxr import FINDINGS
 
 NAME = "synthetic-cxr"
 

@@ -2,7 +2,7 @@
 
 No Inception or CLIP weights exist offline, so, the way MNIST-style FIDs use a LeNet, a small CNN
 is trained on the setup's *real* training images to read their structured labels (for the
-synthetic CXR set: :data:`selora.synthetic.cxr.FINDINGS`, one classification head per finding).
+synthetic CXR set: :data:`selora.findings.FINDINGS`, one classification head per finding).
 
 - Its pooled activations give FID/KID "in the reference feature space" at three depths, named like
   the Inception taps: ``fid`` (penultimate, 128-d), ``fid_mid`` (block 2, 32-d), ``fid_low``

@@ -13,15 +13,10 @@ import numpy as np
 from tqdm import tqdm
 
 from selora.config import CxrConfig, NaturalConfig
+from selora.findings import finding_priors
 from selora.imagefolder import image_folder
 from selora.splits import assign_splits
-from selora.synthetic.cxr import (
-    RADIOGRAPH_CAPTIONS,
-    finding_priors,
-    render_cxr,
-    sample_findings,
-    write_report,
-)
+from selora.synthetic.cxr import RADIOGRAPH_CAPTIONS, render_cxr, sample_findings, write_report
 from selora.synthetic.natural import SCENE_LABELS, render_scene
 
 _SET_IDS = {"natural": 1, "cxr": 2, "radiograph": 4}  # 3: the caption probe's scenes

@@ -29,10 +29,7 @@ from collections.abc import Mapping
 import numpy as np
 from PIL import Image
 
-from selora.findings import FINDINGS, PRIORS, finding_priors
-
-__all__ = ["FINDINGS", "PRIORS", "RADIOGRAPH_CAPTIONS", "finding_priors", "is_normal", "render_cxr",
-           "sample_findings", "write_report"]
+from selora.findings import FINDINGS, PRIORS
 
 # Captions of the generic radiographs in the natural set (selora.synthetic.make_natural): they say
 # what the image is, never what it shows.
