@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from unittest import mock
 
 import numpy as np
@@ -253,6 +254,22 @@ def test_finding_scores_on_hand_made_predictions():
     assert s["majority_baseline"] == pytest.approx((0.75 + 2 / 3) / 2) and s["unscored_labels"] == 1
     perfect = finding_scores(target.clamp(min=0), target, schema)
     assert perfect["accuracy"] == perfect["balanced_accuracy"] == 1.0 and perfect["exact_match"] == 0.75
+
+
+def test_schema_free_balanced_accuracy_is_finding_scores_own():
+    """The report's bootstrap recomputes the balanced accuracy on resampled rows without the schema:
+    the same number as ``finding_scores`` on any predictions, with unknown (-1) targets left out."""
+    from selora.metrics.reference import balanced_accuracy, finding_scores
+
+    gen = torch.Generator().manual_seed(0)
+    schema = {"heart": ("normal", "enlarged"), "effusion": ("none", "left", "bilateral")}
+    for _ in range(5):
+        target = torch.stack([torch.randint(-1, 2, (50,), generator=gen),
+                              torch.randint(-1, 3, (50,), generator=gen)], dim=1)  # [50, 2]
+        pred = torch.stack([torch.randint(0, 2, (50,), generator=gen),
+                            torch.randint(0, 3, (50,), generator=gen)], dim=1)
+        assert balanced_accuracy(pred, target) == finding_scores(pred, target, schema)["balanced_accuracy"]
+    assert math.isnan(balanced_accuracy(pred, torch.full_like(target, -1)))
 
 
 def test_colour_cast_is_zero_for_gray_and_the_mean_red_blue_gap_otherwise():

@@ -158,6 +158,14 @@ def test_real_images_score_zero_and_degradations_show_in_the_right_metric(fitted
     assert real_index.tolist() == list(range(80)) and feats.shape[0] == 80
     ref_real = load_file(results / "reference" / SETUP / "real_features.safetensors")["fid"]
     assert frechet_distance(ref_real.numpy(), feats.numpy()) == pytest.approx(m["fid"], abs=1e-6)
+    # So are the findings the reference network read in each image, with what its prompt says:
+    # they give metrics.json's balanced accuracy again (the report resamples them).
+    from selora.metrics.evaluate import load_run_findings
+    from selora.metrics.reference import balanced_accuracy
+
+    read = load_run_findings(real / m["features_file"])
+    assert read is not None and read[0].shape == read[1].shape and read[0].shape[0] == 80
+    assert balanced_accuracy(*read) == pytest.approx(m["finding_balanced_accuracy"], abs=1e-12)
 
     fids, kids = [], []
     for i, sigma in enumerate((8.0, 30.0)):

@@ -25,6 +25,7 @@ FID_BASE = {"lora": 10.0, "adalora": 20.0, "dylora": 12.0, "selora": 8.0, NO_ADA
 # generator (not significant), whatever the per-seed FIDs of metrics.json say.
 FEATURE_SHIFT = {"lora": 0.5, "adalora": 1.0, "dylora": 0.0, "selora": 0.0, NO_ADAPTER: 2.0}
 N_REAL, DIMS = 40, 8
+MISREAD = {"lora": 0.4, "adalora": 0.2, "dylora": 0.1, "selora": 0.1, NO_ADAPTER: 0.5}
 EXPORT_RANK = {"lora": 4, "adalora": 4, "dylora": 4}  # SeLoRA: 1 + seed; exported = 40 · rank
 VARIANT_FID = {"threshold-1.0": 5.0, "threshold-1.3": 9.0, "test_interval-20": 7.0, "test_interval-80": 8.5}
 PERCENT = {"lora": (0.216, 0.803), "adalora": (0.3, 1.2), "dylora": (0.216, 0.803), "selora": (0.121, 0.368)}
@@ -71,7 +72,13 @@ def write_features_and_adapter(folder: Path, run: RunId) -> None:
     noise = np.random.default_rng(100 + 10 * draw + run.seed).normal(  # at 5 %; these draws do not)
         scale=0.3, size=(N_REAL, DIMS))
     feats = torch.tensor(real_features() + noise + FEATURE_SHIFT[run.method])
-    save_run_features(folder / "features.safetensors", feats, torch.arange(N_REAL), {"test": True})
+    # What the reference network "read": the prompts' two binary findings with a share of them
+    # misread (LoRA far more often than SeLoRA: significant; DyLoRA as often: not).
+    target = torch.tensor(np.random.default_rng(0).integers(0, 2, size=(N_REAL, 2)))
+    flip = torch.tensor(np.random.default_rng(200 + 10 * draw + run.seed).random((N_REAL, 2))
+                        < MISREAD[run.method])
+    findings = (torch.where(flip, 1 - target, target), target)
+    save_run_features(folder / "features.safetensors", feats, torch.arange(N_REAL), {"test": True}, findings)
     if run.method == NO_ADAPTER:
         return
     r = EXPORT_RANK.get(run.method, 1 + run.seed)
@@ -362,6 +369,14 @@ def test_quality_table_has_the_no_adapter_row_exported_parameters_and_comparison
 
     assert none[3] == f"p = {ttest_rel([30.0] * 3, [8.0, 9.0, 10.0]).pvalue:.3f} (n=3)"
     assert "200 bootstrap resamples" in comparison and "3 seeds it has 2 degree(s) of freedom" in comparison
+    # The finding balanced accuracy (higher is better, in points) on the same resamples: LoRA's
+    # images misread four times as often as SeLoRA's, DyLoRA's as often.
+    assert cmp_header[7:10] == ["Δ finding bal. acc. % [95% CI]", "finding bal. acc. %: bootstrap",
+                                "finding bal. acc. %: paired t over seeds"]
+    assert lora[7].startswith("-30.0 [") and lora[8] == "significant"  # metrics.json: 0.4 vs 0.7
+    lo, hi = (float(x) for x in lora[7].split("[")[1].rstrip("]").split(","))
+    assert lo < hi < 0
+    assert dylora[8] == "not significant" and "Δ < 0 means SeLoRA is better" in comparison
     html = (res / "tables" / f"quality_{SETUP}.html").read_text()
     assert "<table>" in html and "No adapter (base model)" in html and ">exported params</th>" in html
 

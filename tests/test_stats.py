@@ -14,6 +14,8 @@ from selora.metrics import frechet
 from selora.metrics.stats import (
     RunFeatures,
     bootstrap,
+    bootstrap_draws,
+    bootstrap_findings,
     covers_zero,
     frechet_distance,
     interval,
@@ -109,6 +111,28 @@ def test_bootstrap_is_reproducible_and_keeps_generated_rows_with_their_prompt():
     assert np.allclose(a["x"]["fid"], 0.04, atol=0.03)
     with pytest.raises(ValueError, match="real_index"):
         bootstrap(real, {"bad": RunFeatures(gen, np.full(40, 25))}, 5)
+
+
+def test_finding_bootstrap_resamples_the_prompts_of_the_fid_bootstrap():
+    """The findings are resampled on the same draws as FID/KID, each image with its prompt: a run
+    that misreads only prompt 0's two images is perfect exactly on the resamples without prompt 0."""
+    n = 20
+    idx = np.repeat(np.arange(n), 2)  # two images per prompt
+    target = torch.tensor([[i % 2, (i // 2) % 2] for i in idx])  # [40, 2]: both classes of each finding
+    wrong = target.clone()
+    wrong[:2] = 1 - wrong[:2]  # prompt 0's images read wrong
+    runs = {"right": (idx, target.clone(), target), "wrong0": (idx, wrong, target),
+            "constant": (idx, torch.zeros_like(target), target)}
+    out = bootstrap_findings(n, runs, 50, seed=3)
+    draws = bootstrap_draws(n, 50, 3)
+    has0 = np.array([0 in d for d in draws])
+    assert has0.any() and not has0.all()
+    assert np.all(out["right"] == 1.0)
+    assert np.all(out["wrong0"][~has0] == 1.0) and np.all(out["wrong0"][has0] < 1.0)
+    # Always answering class 0: recall 1 and 0 for every finding whose two classes were drawn.
+    assert np.allclose(out["constant"], 0.5)
+    with pytest.raises(ValueError, match="real_index"):
+        bootstrap_findings(n, {"bad": (np.full(40, 25), target, target)}, 5)
 
 
 def test_paired_test_over_seeds_is_scipys_and_says_when_it_cannot_test():

@@ -29,7 +29,9 @@ reference-network FID for an Inception FID::
 
 and ``features.safetensors`` beside it: the generated images' final-tap features ("fid", float64
 [N, d]) and "real_index" [N] (the row of the reference's real features whose prompt made each
-image), so ``selora report`` can bootstrap FID/KID over test images without re-extracting.
+image), so ``selora report`` can bootstrap FID/KID over test images without re-extracting; with
+scored findings also "finding_pred" / "finding_target" [N, K], for the bootstrap of the finding
+balanced accuracy.
 """
 
 from __future__ import annotations
@@ -367,7 +369,11 @@ def evaluate_run(
     }
     position = {str(r["source_id"]): i for i, r in enumerate(test_rows)}  # the real features' order
     real_index = torch.tensor([position[s.source_id] for s in samples], dtype=torch.int64)
-    save_run_features(run_dir / RUN_FEATURES, fake["fid"], real_index, prov.as_dict())
+    findings = None  # the per-image reads behind finding_balanced_accuracy: the report resamples them
+    if metrics.get("finding_accuracy") is not None:
+        assert model is not None and pred is not None
+        findings = (pred, encode_labels(matched, model.schema))
+    save_run_features(run_dir / RUN_FEATURES, fake["fid"], real_index, prov.as_dict(), findings)
     metrics["features_file"] = RUN_FEATURES
     metrics["provenance"] = prov.as_dict()
     write_json(run_dir / METRICS_JSON, metrics)
@@ -472,13 +478,18 @@ def _domain_share(ref: dict[str, Any], ref_dir: Path, taps: dict[str, torch.Tens
 
 
 def save_run_features(path: Path, features: torch.Tensor, real_index: torch.Tensor,
-                      provenance: dict[str, Any]) -> None:
-    """Write a run's generated features and their test-prompt rows atomically (small: N × d)."""
+                      provenance: dict[str, Any],
+                      findings: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+    """Write a run's generated features and their test-prompt rows atomically (small: N × d), and,
+    when the findings were scored, what the reference network read in each image and what its
+    prompt said (``finding_pred``, ``finding_target`` [N, K]; -1: a value it was not trained on)."""
     from safetensors.torch import save_file
 
+    tensors = {"fid": features.double().contiguous(), "real_index": real_index.contiguous()}
+    if findings is not None:
+        tensors["finding_pred"], tensors["finding_target"] = (t.long().contiguous() for t in findings)
     with atomic_path(path, suffix=".safetensors") as tmp:
-        save_file({"fid": features.double().contiguous(), "real_index": real_index.contiguous()}, tmp,
-                  metadata={"provenance": json.dumps(provenance, default=str)})
+        save_file(tensors, tmp, metadata={"provenance": json.dumps(provenance, default=str)})
 
 
 def load_run_features(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
@@ -487,6 +498,17 @@ def load_run_features(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
 
     data = load_file(path)
     return data["fid"], data["real_index"]
+
+
+def load_run_findings(path: Path) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(finding_pred, finding_target) [N, K] written by :func:`save_run_features`; None for a run
+    whose findings were not scored (or evaluated before they were kept)."""
+    from safetensors.torch import load_file
+
+    data = load_file(path)
+    if "finding_pred" not in data:
+        return None
+    return data["finding_pred"], data["finding_target"]
 
 
 __all__ = ["ReferenceGateError", "SampleError", "evaluate_run", "feature_dims", "feature_space", "fit_setup"]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -176,19 +177,38 @@ class ReferenceModel:
         return cls(net, schema, arch["image_size"], arch["channels"], dict(arch["feature_scale"]))
 
 
+def _scored(pred: torch.Tensor, target: torch.Tensor, j: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Finding ``j``'s predictions and targets where the target is known (-1: a value the network
+    was not trained on; not scored)."""
+    known = target[:, j] >= 0
+    return pred[known, j], target[known, j]
+
+
+def _mean_recall(p: torch.Tensor, t: torch.Tensor) -> float:
+    """Mean per-class recall over the classes present in ``t`` (non-empty)."""
+    return float(np.mean([float((p[t == c] == c).float().mean()) for c in torch.unique(t).tolist()]))
+
+
+def balanced_accuracy(pred: torch.Tensor, target: torch.Tensor) -> float:
+    """Mean over findings of their mean per-class recall: ``finding_scores``' balanced accuracy of
+    predictions [N, K] against targets [N, K], without the schema (the report's bootstrap calls it
+    on resampled rows). NaN when no target is known."""
+    scored = (_scored(pred, target, j) for j in range(target.shape[1]))
+    per = [_mean_recall(p, t) for p, t in scored if len(t)]
+    return float(np.mean(per)) if per else math.nan
+
+
 def finding_scores(pred: torch.Tensor, target: torch.Tensor, schema: LabelSchema) -> dict[str, Any]:
     """Accuracy per finding, their mean, the balanced mean (mean per-class recall, so a reader that
     always says "normal" does not score well on mostly normal sets), exact match, and the majority
     baseline of ``target`` for scale."""
     per_key, per_balanced, majority = {}, {}, []
     for j, key in enumerate(schema):
-        known = target[:, j] >= 0  # -1: a value the network was not trained on; not scored
-        p, t = pred[known, j], target[known, j]
+        p, t = _scored(pred, target, j)
         if not len(t):
             continue
         per_key[key] = float((p == t).float().mean())
-        recalls = [float((p[t == c] == c).float().mean()) for c in torch.unique(t).tolist()]
-        per_balanced[key] = float(np.mean(recalls))
+        per_balanced[key] = _mean_recall(p, t)
         majority.append(float(torch.bincount(t).max()) / len(t))
     return {
         "accuracy": float(np.mean(list(per_key.values()))),

@@ -5,7 +5,8 @@ Two sources of noise make one FID differ from another, and each gets its own too
 - **the test images** (a test split of a few dozen to a few hundred images): :func:`bootstrap`
   resamples the *test prompts* with replacement — the same draw for every run, so that a real image
   and the images generated from its prompt stay together and the comparison is paired — and
-  recomputes FID and KID of every run on each resample. :func:`interval` turns the resampled
+  recomputes FID and KID of every run on each resample (:func:`bootstrap_findings`: the finding
+  balanced accuracy, on the same draws). :func:`interval` turns the resampled
   differences into a percentile interval; an interval that covers 0 is "not significant".
 - **the training seed** (3 seeds in the paper): :func:`paired_test` is scipy's paired t-test over
   the seeds two methods share. With 3 seeds it has 2 degrees of freedom, so it can only flag a gap
@@ -103,6 +104,46 @@ def kid_full(real: np.ndarray, fake: np.ndarray) -> float:
         return _mmd2(_kernel(r, r), _kernel(f, f), _kernel(r, f))
 
 
+def bootstrap_draws(n: int, resamples: int, seed: int) -> np.ndarray:
+    """[resamples, n] test-prompt indices drawn with replacement: the resamples every bootstrap of
+    one report shares (FID/KID and the findings alike), so their differences stay paired."""
+    if n < 3:
+        raise ValueError(f"{n} real test images: the bootstrap needs at least 3")
+    return np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+
+
+def _rows_per_prompt(key: Hashable, real_index: np.ndarray, rows: int, n: int) -> list[np.ndarray]:
+    """For each of the ``n`` test prompts, the run's generated rows it made."""
+    idx = np.asarray(real_index)
+    if len(idx) != rows or idx.min() < 0 or idx.max() >= n:
+        raise ValueError(f"run {key}: real_index must give a test image (0..{n - 1}) for every row")
+    return [np.flatnonzero(idx == i) for i in range(n)]
+
+
+def bootstrap_findings(
+    n: int,
+    runs: Mapping[Hashable, tuple[np.ndarray, torch.Tensor, torch.Tensor]],
+    resamples: int,
+    seed: int = 0,
+) -> dict[Hashable, np.ndarray]:
+    """Finding balanced accuracy of every run on the same resamples of the ``n`` test prompts as
+    :func:`bootstrap` (same ``seed``). ``runs``: key → (real_index [M], finding_pred [M, K],
+    finding_target [M, K]). Returns key → [B] (NaN where a resample drew none of the run's rows)."""
+    from selora.metrics.reference import balanced_accuracy
+
+    draws = bootstrap_draws(n, resamples, seed)
+    out = {}
+    for key, (real_index, pred, target) in runs.items():
+        rows = _rows_per_prompt(key, real_index, len(pred), n)
+        values = np.full(resamples, np.nan)
+        for b, draw in enumerate(draws):
+            g = torch.as_tensor(np.concatenate([rows[i] for i in draw]))
+            if len(g):
+                values[b] = balanced_accuracy(pred[g], target[g])
+        out[key] = values
+    return out
+
+
 def bootstrap(
     real: np.ndarray,
     runs: Mapping[Hashable, RunFeatures],
@@ -115,15 +156,8 @@ def bootstrap(
     per-resample differences between runs are paired. Returns run → {"fid": [B], "kid": [B]}.
     """
     n = len(real)
-    if n < 3:
-        raise ValueError(f"{n} real test images: the bootstrap needs at least 3")
-    rows = {}
-    for key, run in runs.items():
-        idx = np.asarray(run.real_index)
-        if len(idx) != len(run.features) or idx.min() < 0 or idx.max() >= n:
-            raise ValueError(f"run {key}: real_index must give a test image (0..{n - 1}) for every row")
-        rows[key] = [np.flatnonzero(idx == i) for i in range(n)]  # generated rows per test prompt
-    draws = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+    rows = {key: _rows_per_prompt(key, run.real_index, len(run.features), n) for key, run in runs.items()}
+    draws = bootstrap_draws(n, resamples, seed)
     out = {key: {"fid": np.full(resamples, np.nan), "kid": np.full(resamples, np.nan)} for key in runs}
     gram = n < real.shape[1]  # fewer test images than dimensions: no d × d eigen-problems
     with one_thread():

@@ -10,6 +10,10 @@ for one method against SeLoRA (the paper's claim), per metric:
 - the percentile interval of the same seed-averaged difference over the bootstrap resamples; the
   difference is *significant* when that interval excludes 0.
 
+Metrics: FID and KID (from the features) and the finding balanced accuracy (from the findings the
+reference network read in each generated image, ``finding_pred`` / ``finding_target``), all on the
+same resamples.
+
 The no-adapter run has no training seed: its single value is paired with every SeLoRA seed.
 """
 
@@ -24,11 +28,20 @@ import numpy as np
 import pandas as pd
 
 from selora.config import Params
-from selora.metrics.stats import PairedTest, RunFeatures, bootstrap, covers_zero, interval, paired_test
+from selora.metrics.stats import (
+    PairedTest,
+    RunFeatures,
+    bootstrap,
+    bootstrap_findings,
+    covers_zero,
+    interval,
+    paired_test,
+)
 from selora.report.collect import Collected
 from selora.runlayout import DEFAULT_VARIANT, NO_ADAPTER, RunId
 
-METRIC_KEYS = {"fid": "fid", "kid": "kid_mean"}  # bootstrap metric → metrics.json key
+# bootstrap metric → metrics.json key; finding_bal: higher is better
+METRIC_KEYS = {"fid": "fid", "kid": "kid_mean", "finding_bal": "finding_balanced_accuracy"}
 
 
 @dataclass
@@ -46,7 +59,7 @@ def bootstrap_setup(params: Params, col: Collected, results: Path, setup: str) -
     """Bootstrap every evaluated main-grid and no-adapter run of ``setup`` (default variant)."""
     from safetensors.torch import load_file
 
-    from selora.metrics.evaluate import REAL_FEATURES, load_run_features
+    from selora.metrics.evaluate import REAL_FEATURES, load_run_features, load_run_findings
 
     st = params.experiment.statistics
     out = SetupBootstrap(setup, st.bootstrap_resamples, st.confidence)
@@ -60,14 +73,18 @@ def bootstrap_setup(params: Params, col: Collected, results: Path, setup: str) -
     if not real_path.is_file():
         out.note = f"no real test features at {real_path}"
         return out
-    feats, lacking = {}, []
+    feats, findings, lacking = {}, {}, []
     for r in sel.itertuples():
         path = Path(r.path) / "features.safetensors"
         if not path.is_file():
             lacking.append(f"{r.method}/seed{r.seed}")
             continue
         f, idx = load_run_features(path)
-        feats[RunId(r.setup, r.method, r.variant, int(r.seed))] = RunFeatures(f.numpy(), idx.numpy())
+        key = RunId(r.setup, r.method, r.variant, int(r.seed))
+        feats[key] = RunFeatures(f.numpy(), idx.numpy())
+        read = load_run_findings(path)
+        if read is not None:
+            findings[key] = (idx.numpy(), *read)
     if lacking:
         out.note = (f"no features.safetensors for {', '.join(lacking)} (evaluated before it was kept): "
                     "rerun `selora evaluate` for them")
@@ -77,6 +94,9 @@ def bootstrap_setup(params: Params, col: Collected, results: Path, setup: str) -
         return out
     real = load_file(real_path)["fid"].numpy()
     out.samples = bootstrap(real, feats, st.bootstrap_resamples, seed=st.seed)
+    # The findings on the same resamples (runs whose findings were scored; the others get no interval).
+    for key, values in bootstrap_findings(len(real), findings, st.bootstrap_resamples, st.seed).items():
+        out.samples[key]["finding_bal"] = values
     return out
 
 
@@ -107,7 +127,8 @@ def _values(runs: pd.DataFrame, method: str, key: str) -> dict[int, float]:
 
 def compare(runs: pd.DataFrame, boot: SetupBootstrap | None, setup: str, method: str,
             metric: str, seeds: Sequence[int]) -> Comparison:
-    """``method`` − SeLoRA on ``metric`` ("fid" | "kid") over the shared ``seeds`` of ``setup``."""
+    """``method`` − SeLoRA on ``metric`` ("fid" | "kid" | "finding_bal") over the shared ``seeds`` of
+    ``setup``."""
     from selora.adapters.base import proposed_method
 
     key, baseline = METRIC_KEYS[metric], proposed_method()

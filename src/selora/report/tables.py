@@ -350,13 +350,16 @@ def grid_runs(params: Params, col: Collected, setups: list[str], no_adapter: boo
 
 
 def _signed(x: float, metric: str) -> str:
+    if metric == "finding_bal":
+        return f"{100 * x:+.1f}"  # percentage points, as the quality table's percentages
     return f"{x:+.3f}" if metric == "fid" else f"{x:+.3g}"
 
 
 def comparison_block(params: Params, runs: pd.DataFrame, boot: SetupBootstrap | None, setup: str,
                      space: dict[str, Any]) -> list[str]:
-    """Every other method (and no adapter) against SeLoRA: FID/KID difference, its bootstrap
-    interval over test images, whether it is significant, and the paired t-test over seeds."""
+    """Every other method (and no adapter) against SeLoRA: FID/KID (and, where the findings were
+    scored, finding balanced accuracy) difference, its bootstrap interval over test images, whether
+    it is significant, and the paired t-test over seeds."""
     from selora.adapters.base import proposed_method
     from selora.report.significance import compare
 
@@ -369,6 +372,9 @@ def comparison_block(params: Params, runs: pd.DataFrame, boot: SetupBootstrap | 
     conf = f"{100 * exp.statistics.confidence:g}%"
     n_seeds = len(exp.seeds)
     labels = {"fid": fid_labels(space)["fid"], "kid": "KID"}
+    has_findings = "finding_balanced_accuracy" in runs and runs.finding_balanced_accuracy.notna().any()
+    if has_findings:
+        labels["finding_bal"] = "finding bal. acc. %"
     out = []
     for m in others:
         row = {"Method − SeLoRA": method_label(m)}
@@ -392,12 +398,17 @@ def comparison_block(params: Params, runs: pd.DataFrame, boot: SetupBootstrap | 
         f"## Against SeLoRA ({setup})",
         "",
         "- Δ = method − SeLoRA on the per-seed values above, averaged over the seeds both have (lower "
-        "FID/KID is better, so Δ > 0 means SeLoRA is better); the no-adapter run is paired with every "
-        "SeLoRA seed.",
+        "FID/KID is better, so Δ > 0 means SeLoRA is better"
+        + ("; finding balanced accuracy is higher-better and in percentage points, so there Δ < 0 "
+           "means SeLoRA is better" if has_findings else "")
+        + "); the no-adapter run is paired with every SeLoRA seed.",
         f"- [{conf} CI]: percentile interval of the same seed-averaged Δ over "
         f"{exp.statistics.bootstrap_resamples} bootstrap resamples of the test prompts (real image and "
         "its generated images together, the same resamples for every run; KID there is the unbiased "
-        "MMD² over the whole resample). **not significant** = the interval covers 0.",
+        "MMD² over the whole resample"
+        + ("; the finding accuracy is recomputed from what the reference network read in the "
+           "resampled images" if has_findings else "")
+        + "). **not significant** = the interval covers 0.",
         "- Paired t-test over seeds (scipy `ttest_rel`): "
         + (f"with {n_seeds} seeds it has {n_seeds - 1} degree(s) of freedom and only flags gaps that are "
            "large against the seed-to-seed spread; a large p means the seeds cannot tell the methods "
