@@ -392,6 +392,20 @@ def test_bootstrap_without_features_says_why_and_keeps_the_table(results):
     assert _row(md.split("## Against SeLoRA")[1], "LoRA")[1:3] == ["+2.000", "—"]
 
 
+def test_runs_evaluated_before_the_findings_were_kept_get_a_reason_not_a_finding_interval(results):
+    from selora.metrics.evaluate import load_run_features, save_run_features
+    from selora.report import build_report
+
+    params, res = results
+    for path in (res / "runs").rglob("features.safetensors"):
+        save_run_features(path, *load_run_features(path), {"test": True})  # the format before them
+    build_report(params, figures=False)
+    comparison = _read(res, f"quality_{SETUP}.md").split("## Against SeLoRA")[1]
+    assert "No bootstrap interval for the finding accuracy" in comparison
+    lora = _row(comparison, "LoRA")
+    assert lora[2] == "significant" and lora[7] == "-30.0" and lora[8] == "—"  # FID keeps its interval
+
+
 def test_missing_seeds_are_flagged_and_listed_never_silently_averaged(results, capsys):
     from selora.report import build_report
 

@@ -394,6 +394,9 @@ def comparison_block(params: Params, runs: pd.DataFrame, boot: SetupBootstrap | 
     why = []
     if boot is None or not boot.samples:
         why = [f"- No bootstrap interval: {boot.note if boot is not None else 'not computed'}."]
+    elif has_findings and not any("finding_bal" in s for s in boot.samples.values()):
+        why = ["- No bootstrap interval for the finding accuracy: no run kept the findings read per "
+               "image (evaluated before they were kept): rerun `selora evaluate` for them."]
     return [
         f"## Against SeLoRA ({setup})",
         "",

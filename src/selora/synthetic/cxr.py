@@ -180,9 +180,9 @@ def _pacemaker(img: np.ndarray, x: np.ndarray, y: np.ndarray, device: str,
     img = np.where(gen, 0.97, img)
     t = np.linspace(0, 1, 200)
     lx, ly = gx + (0.55 - gx) * t, gy + (0.6 - gy) * t - 0.06 * np.sin(np.pi * t)
-    # The lead: 50 Gaussian dots. Only pixels within 0.03 of its bounding box are touched: farther
-    # out a dot is < 0.9·e⁻¹⁴ (below any pixel of the film), so the image is the same as drawing
-    # every dot over the whole frame, at a tenth of the time.
+    # The lead: 50 Gaussian dots, drawn only within 0.03 of their bounding box: farther out a dot
+    # is < 0.9·e⁻¹⁴, below every pixel of the film (≥ 0.02), so the image is the one drawing each
+    # dot over the whole frame gives (byte-identical files), at a fraction of the time.
     px, py = lx[::4], ly[::4]
     cols = np.flatnonzero((x[0] > px.min() - 0.03) & (x[0] < px.max() + 0.03))
     rows = np.flatnonzero((y[:, 0] > py.min() - 0.03) & (y[:, 0] < py.max() + 0.03))
@@ -190,8 +190,7 @@ def _pacemaker(img: np.ndarray, x: np.ndarray, y: np.ndarray, device: str,
     bx, by, patch = x[box], y[box], img[box]
     for qx, qy in zip(px, py, strict=True):
         patch = np.maximum(patch, 0.9 * np.exp(-(((bx - qx) ** 2 + (by - qy) ** 2) / 0.008**2)))
-    img = img.copy()
-    img[box] = patch
+    img[box] = patch  # img is np.where's fresh array
     return img
 
 
