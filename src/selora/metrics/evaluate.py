@@ -328,11 +328,12 @@ def evaluate_run(
 
     # Features of the generated images (and the findings the reference network reads in them).
     rgb = load_images(paths, mode="RGB")  # uint8 [N, 3, H, W]: Inception's input and the colour cast's
-    model = pred = ref_taps = None
+    model = pred = target = ref_taps = None
     net_info = ref.get("reference_network")
     if net_info is not None:
         model = ReferenceModel.from_folder(ref_dir, net_info["architecture"])
         ref_taps, pred = model.run(model.load(paths))  # reference features, predicted findings [N, K]
+        target = encode_labels(matched, model.schema)  # what each image's prompt says [N, K]
     if ref["feature_space"] == "inception":
         fake = _inception_features(params, ref, ref_dir, rgb, device)
     else:
@@ -356,7 +357,7 @@ def evaluate_run(
         frechet.kid(real["fid"], fake["fid"], ev.kid_subsets, ev.kid_subset_size, seed=params.seed)
     )
     metrics.update(_clip_scores(ev.clip_model, samples, test_rows, device))
-    metrics.update(_finding_metrics(ref, model, pred, matched))
+    metrics.update(_finding_metrics(ref, model, pred, target))
     metrics.update(_domain_share(ref, ref_dir, ref_taps))
     metrics["colour_cast"] = colour_cast(rgb)
     metrics["colour_cast_real"] = ref.get("colour_cast_real")  # null: a reference fitted before it
@@ -371,8 +372,8 @@ def evaluate_run(
     real_index = torch.tensor([position[s.source_id] for s in samples], dtype=torch.int64)
     findings = None  # the per-image reads behind finding_balanced_accuracy: the report resamples them
     if metrics.get("finding_accuracy") is not None:
-        assert model is not None and pred is not None
-        findings = (pred, encode_labels(matched, model.schema))
+        assert pred is not None and target is not None
+        findings = (pred, target)
     save_run_features(run_dir / RUN_FEATURES, fake["fid"], real_index, prov.as_dict(), findings)
     metrics["features_file"] = RUN_FEATURES
     metrics["provenance"] = prov.as_dict()
@@ -443,9 +444,9 @@ def _clip_scores(clip_model: str | None, samples: list[Sample], test_rows: list[
 
 
 def _finding_metrics(ref: dict[str, Any], model: ReferenceModel | None, pred: torch.Tensor | None,
-                     matched: list[dict[str, Any]]) -> dict[str, Any]:
-    """How often the findings the reference network reads match the prompts' (null with why when
-    there is no network, or it failed its gate on real images)."""
+                     target: torch.Tensor | None) -> dict[str, Any]:
+    """How often the findings the reference network reads (``pred``) match the prompts' (``target``)
+    (null with why when there is no network, or it failed its gate on real images)."""
     net_info = ref.get("reference_network")
     if net_info is None:
         return {"finding_accuracy": None,
@@ -455,8 +456,8 @@ def _finding_metrics(ref: dict[str, Any], model: ReferenceModel | None, pred: to
             f"reference network failed its gate on real images (balanced accuracy "
             f"{net_info['real_test']['balanced_accuracy']:.3f} < {net_info['gate']['min_finding_accuracy']})"
         )}
-    assert model is not None and pred is not None
-    scores = finding_scores(pred, encode_labels(matched, model.schema), model.schema)
+    assert model is not None and pred is not None and target is not None
+    scores = finding_scores(pred, target, model.schema)
     return {
         "finding_accuracy": scores["accuracy"],
         "finding_balanced_accuracy": scores["balanced_accuracy"],
