@@ -258,7 +258,7 @@ def test_a_changed_config_retrains_instead_of_resuming_a_stale_checkpoint(tiny_b
     assert second["run_config"]["train"]["lr"] == 1e-3
 
 
-def _toy_run(seed: int = 0, lr_schedule: str = "constant"):
+def _toy_run(seed: int = 0, lr_schedule: str = "constant", *sets: str):
     """A LoRA on two small linear stacks and its optimiser: the objects a TrainState holds."""
     from selora.adapters import create_adapter
 
@@ -271,7 +271,7 @@ def _toy_run(seed: int = 0, lr_schedule: str = "constant"):
     adapter.attach(parts, total_steps=8)
     torch.manual_seed(seed)
     params = load_params(None, ["train.mixed_precision=fp16",  # a scaler with state of its own
-                                f"train.lr_schedule={lr_schedule}"])
+                                f"train.lr_schedule={lr_schedule}", *sets])
     return parts, adapter, params.train
 
 
@@ -292,7 +292,7 @@ def _toy_steps(state, parts, n: int) -> list[float]:
     return losses
 
 
-@pytest.mark.parametrize("lr_schedule", ["constant", "cosine"])
+@pytest.mark.parametrize("lr_schedule", ["constant", "cosine", "wsd"])
 def test_a_train_state_is_its_checkpoint_and_resumes_where_it_stopped(tmp_path, lr_schedule):
     """The checkpoint holds exactly TrainState's fields; restored into fresh objects, the run goes
     on bit-identically (adapter, optimiser moments, scaler, both RNGs, position, logs, the LR)."""
@@ -353,6 +353,23 @@ def test_the_lr_schedule_is_constant_or_decays_to_zero_at_the_last_step(name):
         assert all(a > b for a, b in itertools.pairwise(lrs)) and lrs[-1] > 0
         assert optimizer.param_groups[0]["lr"] == 0.0
         assert lrs[5] == pytest.approx(tcfg.lr / 2, rel=1e-9)  # half-way: both at half the lr
+
+
+def test_the_wsd_schedule_holds_the_lr_then_decays_it_linearly_to_zero_over_its_fraction():
+    """train.lr_schedule wsd (transformers' warmup-stable-decay, no warm-up): Table 4's lr for the
+    first 70 % of 10 steps, then linearly down over the last 3, reaching 0 after the last step."""
+    from selora.engine.train import build_optimiser
+
+    _, adapter, tcfg = _toy_run(0, "wsd", "train.lr_decay_fraction=0.3")
+    optimizer, sched, _ = build_optimiser(adapter, tcfg, torch.device("cpu"), 10)
+    lrs = []
+    for _ in range(10):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        sched.step()
+    assert lrs[:8] == [tcfg.lr] * 8
+    assert lrs[8:] == pytest.approx([tcfg.lr * 2 / 3, tcfg.lr / 3], rel=1e-9)
+    assert optimizer.param_groups[0]["lr"] == 0.0
 
 
 def test_the_engines_fused_adam_makes_the_per_tensor_update():

@@ -212,12 +212,16 @@ class TrainConfig:
         "(Kingma et al. 2021's low-discrepancy sampler): the same loss in expectation, less spread "
         "between seeds on short runs (benchmarks/README).", enum=["uniform", "stratified"], default="uniform")
     lr_schedule: str = param(
-        "The learning rate over the run, by diffusers' schedule names (get_scheduler, no warm-up). "
+        "The learning rate over the run, by diffusers' schedule names (get_scheduler, no warm-up), and wsd. "
         "constant: Table 4's (the paper states no schedule, diffusers' default). cosine / linear: "
         "decayed to 0 at the last step, so the exported adapter is not one noisy late iterate. Measured on "
-        "the embedded default (cosine): lower FID-ref means for three methods, no narrower spread between "
-        "seeds (benchmarks/README), so both params files keep constant.",
-        enum=["constant", "cosine", "linear"], default="constant")
+        "the embedded default over 6 seeds (benchmarks/README): cosine and wsd narrow the FID-ref spread "
+        "between seeds but cost finding accuracy, so both params files keep constant.",
+        enum=["constant", "cosine", "linear", "wsd"], default="constant")
+    lr_decay_fraction: float = param(
+        "For lr_schedule wsd (warmup-stable-decay, Hägele et al. 2024; transformers' get_wsd_schedule): "
+        "the share of the last steps over which the lr falls linearly from train.lr to 0; constant "
+        "before. Ignored by the other schedules.", minimum=0.0, maximum=1.0, default=0.2)
     threads: int | None = param(minimum=1, default=None)
 
 
