@@ -176,10 +176,11 @@ def _pacemaker(img: np.ndarray, x: np.ndarray, y: np.ndarray, device: str,
                rng: np.random.Generator) -> np.ndarray:
     """A pacemaker: generator in the left upper chest wall, a lead to the heart.
 
-    Drawn large for the 32-px training resolution (generator 5 × 4 px, lead ~1.5 px wide), where a
-    real-sized one (3 × 2 px and a sub-pixel lead) falls inside one latent pixel: no method learnt to
-    draw it in the embedded budget, and how often each seed drew it by chance decided most of the
-    FID-ref spread between seeds (benchmarks/README, "A pacemaker the miniature can draw")."""
+    The generator is life-size (~5.5 × 5 cm on a 35 × 43 cm film: 5 × 4 px at 32 px), the lead
+    thicker than life (~1.5 px) so that 32 px resolve it. Drawn smaller (3 × 2 px, a sub-pixel lead)
+    it fell inside one latent pixel: no method learnt it in the embedded budget, and how often each
+    seed drew it by chance decided most of the FID-ref spread between seeds (benchmarks/README,
+    "A pacemaker the miniature can draw")."""
     if device != "pacemaker":
         return img
     gx, gy = 0.80 + rng.normal(0, 0.01), 0.20 + rng.normal(0, 0.01)
