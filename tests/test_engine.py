@@ -333,43 +333,41 @@ def test_a_train_state_is_its_checkpoint_and_resumes_where_it_stopped(tmp_path, 
     assert all(torch.equal(a, b) for a, b in zip(_tensors(after), _tensors(after2), strict=True))
 
 
-@pytest.mark.parametrize("name", ["constant", "cosine", "linear"])
-def test_the_lr_schedule_is_constant_or_decays_to_zero_at_the_last_step(name):
-    """train.lr_schedule: constant keeps Table 4's lr at every step (the paper path, as before);
-    cosine and linear start at it, fall monotonically and reach 0 after the run's last step."""
+def _lrs_over_ten_steps(name: str, *sets: str):
+    """The lr build_optimiser's schedule gives each of a 10-step run's steps, and the one after."""
     from selora.engine.train import build_optimiser
 
-    _, adapter, tcfg = _toy_run(lr_schedule=name)
+    _, adapter, tcfg = _toy_run(0, name, *sets)
     optimizer, sched, _ = build_optimiser(adapter, tcfg, torch.device("cpu"), 10)
     lrs = []
     for _ in range(10):
         lrs.append(optimizer.param_groups[0]["lr"])
         optimizer.step()
         sched.step()
+    return tcfg, lrs, optimizer.param_groups[0]["lr"]
+
+
+@pytest.mark.parametrize("name", ["constant", "cosine", "linear"])
+def test_the_lr_schedule_is_constant_or_decays_to_zero_at_the_last_step(name):
+    """train.lr_schedule: constant keeps Table 4's lr at every step (the paper path, as before);
+    cosine and linear start at it, fall monotonically and reach 0 after the run's last step."""
+    tcfg, lrs, after = _lrs_over_ten_steps(name)
     assert lrs[0] == tcfg.lr
     if name == "constant":
-        assert lrs == [tcfg.lr] * 10 and optimizer.param_groups[0]["lr"] == tcfg.lr
+        assert lrs == [tcfg.lr] * 10 and after == tcfg.lr
     else:
         assert all(a > b for a, b in itertools.pairwise(lrs)) and lrs[-1] > 0
-        assert optimizer.param_groups[0]["lr"] == 0.0
+        assert after == 0.0
         assert lrs[5] == pytest.approx(tcfg.lr / 2, rel=1e-9)  # half-way: both at half the lr
 
 
 def test_the_wsd_schedule_holds_the_lr_then_decays_it_linearly_to_zero_over_its_fraction():
     """train.lr_schedule wsd (transformers' warmup-stable-decay, no warm-up): Table 4's lr for the
     first 70 % of 10 steps, then linearly down over the last 3, reaching 0 after the last step."""
-    from selora.engine.train import build_optimiser
-
-    _, adapter, tcfg = _toy_run(0, "wsd", "train.lr_decay_fraction=0.3")
-    optimizer, sched, _ = build_optimiser(adapter, tcfg, torch.device("cpu"), 10)
-    lrs = []
-    for _ in range(10):
-        lrs.append(optimizer.param_groups[0]["lr"])
-        optimizer.step()
-        sched.step()
+    tcfg, lrs, after = _lrs_over_ten_steps("wsd", "train.lr_decay_fraction=0.3")
     assert lrs[:8] == [tcfg.lr] * 8
     assert lrs[8:] == pytest.approx([tcfg.lr * 2 / 3, tcfg.lr / 3], rel=1e-9)
-    assert optimizer.param_groups[0]["lr"] == 0.0
+    assert after == 0.0
 
 
 def test_the_engines_fused_adam_makes_the_per_tensor_update():
