@@ -3,7 +3,8 @@
 Reference folder (``<results>/reference/<setup>/``, written atomically by :func:`fit_setup`)::
 
     reference.json               feature space, real-feature provenance, reference network report,
-                                 the real test images' colour cast
+                                 the real test images' colour cast, the real-vs-real floor
+                                 (``real_floor``: real training images scored like a run)
     real_features.safetensors    real test-split features per tap ("fid", "fid_mid", "fid_low")
     reference.safetensors        the reference network (when the setup has categorical labels)
     domain_probe.safetensors     real vs natural scenes on its features (evaluate.natural_reference)
@@ -22,6 +23,7 @@ reference-network FID for an Inception FID::
     colour_cast, colour_cast_real  mean |R − B| of the generated and of the real test images ([0, 1]
                               scale; 0: grayscale; the real one is the reference's, null for a
                               reference fitted before it was recorded)
+    real_floor                the reference's real-vs-real FID/KID (null for a reference fitted before it)
     domain_share, domain_probe  share of the images the domain probe (:mod:`selora.metrics.domain`) calls
                               real-domain, and the probe's held-out report; null (+ domain_share_skipped:
                               why) without a probe
@@ -38,6 +40,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import statistics
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -72,6 +75,7 @@ REAL_FEATURES = "real_features.safetensors"
 METRICS_JSON = "metrics.json"
 RUN_FEATURES = "features.safetensors"
 TAP_ROLES = ("fid", "fid_mid", "fid_low")
+FLOOR_DRAWS = 5  # subsets of the train split behind reference.json's real_floor
 
 
 class ReferenceGateError(SeloraError):
@@ -209,6 +213,7 @@ def fit_setup(
 
         save_file({k: v.contiguous() for k, v in real.items()}, tmp / REAL_FEATURES)
         info["real_features"] = {**desc, "split": "test", "n": len(split["test"])}
+        info["real_floor"] = _real_floor(inception, model, split, real, setup, device, params)
         info["colour_cast_real"] = colour_cast(load_images([r["path"] for r in split["test"]], "RGB"))
         info["provenance"] = prov.as_dict()
         write_json(tmp / REFERENCE_JSON, info)
@@ -269,6 +274,37 @@ def _real_features(
         "label": f"reference CNN trained on the real {setup} training images (not Inception)",
     }
     return model.run(model.load(paths))[0], desc
+
+
+def _real_floor(
+    inception: tuple[Any, dict[str, Any]] | None, model: ReferenceModel | None,
+    split: dict[str, list[dict[str, Any]]], real: dict[str, torch.Tensor], setup: str, device: str,
+    params: Params,
+) -> dict[str, Any]:
+    """FID/KID of real *training* images against the real test images: what a generator that drew
+    the data distribution itself would score with as many images as a run generates (one per test
+    prompt) — the floor under every FID of the quality table, and how much it moves with the draw
+    alone. Mean ± sample std over ``FLOOR_DRAWS`` seeded subsets of the train split (the whole
+    split, once, when it is no larger than the test split)."""
+    train, n = split["train"], len(split["test"])
+    gen = torch.Generator().manual_seed(params.seed)
+    draws = ([torch.randperm(len(train), generator=gen)[:n] for _ in range(FLOOR_DRAWS)]
+             if len(train) > n else [torch.arange(len(train))])
+    used = sorted({int(i) for d in draws for i in d})  # each image's features extracted once
+    feats, _ = _real_features(inception, model, [train[i]["path"] for i in used], setup, device)
+    row = {i: k for k, i in enumerate(used)}
+    ev = params.evaluate
+    values: dict[str, list[float]] = {}
+    for d in draws:
+        idx = torch.tensor([row[int(i)] for i in d])  # [n] rows of feats
+        for role in TAP_ROLES:
+            values.setdefault(role, []).append(frechet.fid(real[role], feats[role][idx]))
+        kid = frechet.kid(real["fid"], feats["fid"][idx], ev.kid_subsets, ev.kid_subset_size, params.seed)
+        values.setdefault("kid_mean", []).append(kid["kid_mean"])
+    spread = {k: {"mean": statistics.fmean(v), "std": statistics.stdev(v) if len(v) > 1 else None}
+              for k, v in values.items()}
+    return {"split": "train", "n_train": len(train), "n_images": len(draws[0]), "draws": len(draws),
+            **spread}
 
 
 def _fit_probe(
@@ -361,6 +397,7 @@ def evaluate_run(
     metrics.update(_domain_share(ref, ref_dir, ref_taps))
     metrics["colour_cast"] = colour_cast(rgb)
     metrics["colour_cast_real"] = ref.get("colour_cast_real")  # null: a reference fitted before it
+    metrics["real_floor"] = ref.get("real_floor")  # likewise
 
     # What was scored (metrics are always recomputed, never reused: these only make it traceable).
     metrics["reference"] = str(ref_dir)

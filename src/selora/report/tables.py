@@ -142,6 +142,7 @@ def feature_space_of(col: Collected, setup: str, params: Params | None = None) -
                     **fs,
                     "reference_real_test": m.get("reference_real_test"),
                     "domain_probe": m.get("domain_probe"),
+                    "real_floor": m.get("real_floor"),
                     "clip_model": m.get("clip_model"),
                 },
             )
@@ -203,10 +204,33 @@ def config_block(
         + (", ".join(map(str, steps)) if steps else "no training logs yet"),
         f"- **Feature space** of FID/KID: {fs}",
         "- **CLIP score**: " + (f"model {clip!r}" if clip else "not computed (evaluate.clip_model is null)"),
+        *_floor_lines(space),
         *_domain_lines(space),
         *_colour_lines(runs),
         *_sample_lines(runs),
         "- Cells: mean ± sample std (ddof 1) over seeds; `⚠ n=k/N` = only k of N configured seeds present.",
+    ]
+
+
+def _floor_lines(space: dict[str, Any]) -> list[str]:
+    """The real-vs-real floor: where a perfect generator's FID/KID would sit, and how far its draw
+    alone moves it (a run's images are tied to the test prompts, which removes part of that)."""
+    floor = space.get("real_floor")
+    if not floor:
+        return []
+    labels = {**fid_labels(space), "kid_mean": "KID"}
+
+    def cell(k: str) -> str:
+        v = floor[k]
+        return f"{v['mean']:.3g}" + (f" ± {v['std']:.2g}" if v.get("std") is not None else "")
+
+    seen = " (the images the reference network was fitted on)" if space.get("name") == "reference" else ""
+    return [
+        f"- **Real-vs-real floor**: {floor['n_images']} real {floor['split']} images{seen} scored "
+        f"against the real test images like a run ({floor['draws']} seeded draws of the "
+        f"{floor['n_train']}, mean ± std): "
+        + ", ".join(f"{labels[k]} {cell(k)}" for k in labels if k in floor)
+        + " — what a generator drawing the data itself would score"
     ]
 
 
