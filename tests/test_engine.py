@@ -258,6 +258,31 @@ def test_a_changed_config_retrains_instead_of_resuming_a_stale_checkpoint(tiny_b
     assert second["run_config"]["train"]["lr"] == 1e-3
 
 
+@pytest.mark.parametrize("method", ["lora", "dylora"])
+def test_adapter_seed_gives_every_run_seed_the_same_adapter_and_rank_draws(tiny_base, tmp_path, method):
+    """train.adapter_seed: null, the run's seed decides the adapter's initial weights (and DyLoRA's
+    rank per step) as the paper's seeds do; an int makes them the same for every run seed, which
+    then varies only the data order and the noise."""
+    from selora.basemodel import load_pipeline
+    from selora.engine.train import build_adapter, freeze_base
+
+    def start(adapter_seed: str, seed: int):
+        params = load_params(None, [*engine_overrides(tiny_base["path"], tmp_path),
+                                    f"train.adapter_seed={adapter_seed}"])
+        model = freeze_base(load_pipeline(params), torch.device("cpu"), torch.autocast("cpu", enabled=False))
+        adapter = build_adapter(params, RunId(SETUP, method, "default", seed), model, 12, False)
+        draws = [adapter.draw(step) for step in range(12)] if method == "dylora" else []
+        return [p.detach().clone() for p in adapter.trainable_parameters()], draws
+
+    (a0, r0), (a1, r1) = start("null", 0), start("null", 1)
+    assert not all(torch.equal(x, y) for x, y in zip(a0, a1, strict=True))
+    (f0, q0), (f1, q1) = start("5", 0), start("5", 1)
+    assert all(torch.equal(x, y) for x, y in zip(f0, f1, strict=True)) and q0 == q1
+    assert not all(torch.equal(x, y) for x, y in zip(f0, a0, strict=True))  # 5 is not seed 0's
+    if method == "dylora":
+        assert r0 != r1  # 12 draws from {1..4}: two seeds differ
+
+
 def _toy_run(seed: int = 0, lr_schedule: str = "constant", *sets: str):
     """A LoRA on two small linear stacks and its optimiser: the objects a TrainState holds."""
     from selora.adapters import create_adapter

@@ -222,6 +222,13 @@ class TrainConfig:
         "For lr_schedule wsd (warmup-stable-decay, Hägele et al. 2024; transformers' get_wsd_schedule): "
         "the share of the last steps over which the lr falls linearly from train.lr to 0; constant "
         "before. Ignored by the other schedules.", minimum=0.0, maximum=1.0, default=0.2)
+    adapter_seed: int | None = param(
+        "The seed of what the adapter itself draws: its initial weights (LoRA's A, AdaLoRA's P and Q, "
+        "SeLoRA's new components) and DyLoRA's rank per step. null: the run's seed, like everything "
+        "else (the paper). An int: every seed of the grid starts from the same adapter and draws the "
+        "same ranks, so the seeds vary only the data order, the noise and the timesteps: how much of a "
+        "method's spread is its initialisation (benchmarks/README, \"Where LoRA's spread comes from\").",
+        default=None)
     threads: int | None = param(minimum=1, default=None)
 
 

@@ -154,7 +154,8 @@ def load_data(pipe: Any, model: Model, data_dir: Path, setup: Setup, tcfg: Train
 def build_adapter(params: Params, run: RunId, model: Model, total_steps: int,
                   gradient_checkpointing: bool) -> Adapter:
     """The method's adapter attached to the U-Net and the text encoder, which move to the device."""
-    adapter = create_adapter(run.method, params.methods.get(run.method), seed=run.seed)
+    seed = run.seed if params.train.adapter_seed is None else params.train.adapter_seed
+    adapter = create_adapter(run.method, params.methods.get(run.method), seed=seed)
     adapter.attach(model.parts, total_steps)
     for module in model.parts.values():
         module.to(model.device).train()
