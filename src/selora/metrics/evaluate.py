@@ -75,7 +75,7 @@ REAL_FEATURES = "real_features.safetensors"
 METRICS_JSON = "metrics.json"
 RUN_FEATURES = "features.safetensors"
 TAP_ROLES = ("fid", "fid_mid", "fid_low")
-FLOOR_DRAWS = 5  # subsets of the train split behind reference.json's real_floor
+FLOOR_DRAWS = 10  # subsets of the train split behind reference.json's real_floor
 
 
 class ReferenceGateError(SeloraError):
