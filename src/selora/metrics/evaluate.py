@@ -76,6 +76,7 @@ METRICS_JSON = "metrics.json"
 RUN_FEATURES = "features.safetensors"
 TAP_ROLES = ("fid", "fid_mid", "fid_low")
 FLOOR_DRAWS = 10  # subsets of the train split behind reference.json's real_floor
+FLOOR_CHUNK = 256  # images decoded at a time for it (a paper-scale train split is thousands)
 
 
 class ReferenceGateError(SeloraError):
@@ -280,18 +281,22 @@ def _real_floor(
     inception: tuple[Any, dict[str, Any]] | None, model: ReferenceModel | None,
     split: dict[str, list[dict[str, Any]]], real: dict[str, torch.Tensor], setup: str, device: str,
     params: Params,
-) -> dict[str, Any]:
+) -> dict[str, Any] | None:
     """FID/KID of real *training* images against the real test images: what a generator that drew
     the data distribution itself would score with as many images as a run generates (one per test
     prompt) — the floor under every FID of the quality table, and how much it moves with the draw
     alone. Mean ± sample std over ``FLOOR_DRAWS`` seeded subsets of the train split (the whole
     split, once, when it is no larger than the test split)."""
     train, n = split["train"], len(split["test"])
+    if len(train) < 2:
+        return None  # FID needs two images; the table then states no floor
     gen = torch.Generator().manual_seed(params.seed)
     draws = ([torch.randperm(len(train), generator=gen)[:n] for _ in range(FLOOR_DRAWS)]
              if len(train) > n else [torch.arange(len(train))])
     used = sorted({int(i) for d in draws for i in d})  # each image's features extracted once
-    feats, _ = _real_features(inception, model, [train[i]["path"] for i in used], setup, device)
+    chunks = [_real_features(inception, model, [train[i]["path"] for i in used[c:c + FLOOR_CHUNK]],
+                             setup, device)[0] for c in range(0, len(used), FLOOR_CHUNK)]
+    feats = {role: torch.cat([c[role] for c in chunks]) for role in chunks[0]}  # [len(used), d]
     row = {i: k for k, i in enumerate(used)}
     ev = params.evaluate
     values: dict[str, list[float]] = {}
