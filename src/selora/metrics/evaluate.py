@@ -277,6 +277,15 @@ def _real_features(
     return model.run(model.load(paths))[0], desc
 
 
+def distances(real: dict[str, torch.Tensor], fake: dict[str, torch.Tensor], params: Params) -> dict[str, Any]:
+    """FID at every tap and KID on the final one, between real and generated features [N, d] per tap:
+    a run's scores, and the real-vs-real floor's per draw."""
+    ev = params.evaluate
+    out: dict[str, Any] = {role: frechet.fid(real[role], fake[role]) for role in TAP_ROLES}
+    out.update(frechet.kid(real["fid"], fake["fid"], ev.kid_subsets, ev.kid_subset_size, seed=params.seed))
+    return out
+
+
 def _real_floor(
     inception: tuple[Any, dict[str, Any]] | None, model: ReferenceModel | None,
     split: dict[str, list[dict[str, Any]]], real: dict[str, torch.Tensor], setup: str, device: str,
@@ -298,14 +307,12 @@ def _real_floor(
                              setup, device)[0] for c in range(0, len(used), FLOOR_CHUNK)]
     feats = {role: torch.cat([c[role] for c in chunks]) for role in chunks[0]}  # [len(used), d]
     row = {i: k for k, i in enumerate(used)}
-    ev = params.evaluate
     values: dict[str, list[float]] = {}
     for d in draws:
         idx = torch.tensor([row[int(i)] for i in d])  # [n] rows of feats
-        for role in TAP_ROLES:
-            values.setdefault(role, []).append(frechet.fid(real[role], feats[role][idx]))
-        kid = frechet.kid(real["fid"], feats["fid"][idx], ev.kid_subsets, ev.kid_subset_size, params.seed)
-        values.setdefault("kid_mean", []).append(kid["kid_mean"])
+        scores = distances(real, {role: f[idx] for role, f in feats.items()}, params)
+        for k in (*TAP_ROLES, "kid_mean"):
+            values.setdefault(k, []).append(scores[k])
     spread = {k: {"mean": statistics.fmean(v), "std": statistics.stdev(v) if len(v) > 1 else None}
               for k, v in values.items()}
     return {"split": "train", "n_train": len(train), "n_images": len(draws[0]), "draws": len(draws),
@@ -392,11 +399,7 @@ def evaluate_run(
         "prompts_covered": len({s.source_id for s in samples}),
         "test_prompts": len(test_rows),
     }
-    for role in TAP_ROLES:
-        metrics[role] = frechet.fid(real[role], fake[role])
-    metrics.update(
-        frechet.kid(real["fid"], fake["fid"], ev.kid_subsets, ev.kid_subset_size, seed=params.seed)
-    )
+    metrics.update(distances(real, fake, params))
     metrics.update(_clip_scores(ev.clip_model, samples, test_rows, device))
     metrics.update(_finding_metrics(ref, model, pred, target))
     metrics.update(_domain_share(ref, ref_dir, ref_taps))
