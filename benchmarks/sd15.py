@@ -621,6 +621,7 @@ def sampling(
                     width=size,
                     num_inference_steps=scfg.steps,
                     guidance_scale=scfg.guidance_scale,
+                    guidance_rescale=scfg.guidance_rescale,
                     generator=gens,
                 )
 

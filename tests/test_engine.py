@@ -138,6 +138,31 @@ def test_sampling_is_deterministic_and_prompt_dependent(trained, prepared, tmp_p
     assert np.abs(out - ref).max() < 1e-4
 
 
+def test_rescaled_guidance_reaches_the_sampler_and_redraws_the_samples(trained, prepared, tmp_path):
+    """`sample.guidance_rescale` is handed to the pipeline and is part of what the samples are
+    reused for: at guidance 3 another rescale draws other images (and a changed value draws them
+    again instead of reusing the old ones); without guidance (scale 1) it changes nothing, as
+    diffusers rescales only a guided prediction."""
+    params, run, _ = trained["lora"]
+    base = engine_overrides(Path(params.base_model.name), Path(params.paths.results))
+
+    def draw(scale: float, rescale: float) -> tuple[dict, dict[str, bytes]]:
+        out = tmp_path / "run"
+        if not (out / "train").exists():
+            out.mkdir()
+            (out / "train").symlink_to(_run_root(params, run) / "train")
+        p = load_params(None, [*base, f"sample.guidance_scale={scale}", f"sample.guidance_rescale={rescale}"])
+        summary = sample(p, run, data_dir=prepared, out_dir=out, progress=False)
+        return summary, {f.name: f.read_bytes() for f in (out / "samples" / "images").glob("*.png")}
+
+    plain, plain_images = draw(3.0, 0.0)
+    rescaled, rescaled_images = draw(3.0, 1.0)
+    assert rescaled["guidance_rescale"] == 1.0 and rescaled["config_hash"] != plain["config_hash"]
+    assert rescaled_images.keys() == plain_images.keys()
+    assert sum(rescaled_images[k] != plain_images[k] for k in plain_images) == len(plain_images)
+    assert draw(1.0, 0.0)[1] == draw(1.0, 1.0)[1]
+
+
 def _files_digest(train_dir: Path) -> dict[str, str]:
     files = [train_dir / "adapter" / "best" / "pytorch_lora_weights.safetensors",
              train_dir / "adapter" / "last" / "pytorch_lora_weights.safetensors",

@@ -135,6 +135,7 @@ def sample(params: Params, run: RunId, *, data_dir: str | Path | None = None,
             with torch.no_grad():
                 images = pipe([row["text"] for _, _, row in batch], height=size, width=size,
                               num_inference_steps=scfg.steps, guidance_scale=scfg.guidance_scale,
+                              guidance_rescale=scfg.guidance_rescale,
                               generator=gens).images
             for (i, k, row), seed, image in zip(batch, seeds, images, strict=True):
                 name = f"{i:05d}_{k}.png"
@@ -154,6 +155,7 @@ def sample(params: Params, run: RunId, *, data_dir: str | Path | None = None,
             "scheduler": scfg.scheduler,
             "steps": scfg.steps,
             "guidance_scale": scfg.guidance_scale,
+            "guidance_rescale": scfg.guidance_rescale,
             "provenance": prov.as_dict(),
         }
         write_json(Path(tmp) / "summary.json", summary)
