@@ -244,9 +244,9 @@ class SampleConfig:
         "Rescaled classifier-free guidance (Lin et al. 2024, \"Common diffusion noise schedules and "
         "sample steps are flawed\", Section 3.4; diffusers' guidance_rescale): the guided prediction's "
         "per-image std is pulled back to the conditional one's by this share, since guidance over-exposes "
-        "a model whose schedule ends at zero SNR. 0 = plain guidance (SD 1.5, the paper); the paper "
-        "uses 0.7, which the embedded default's miniature (zero terminal SNR) uses. No effect at "
-        "guidance_scale ≤ 1.", minimum=0, maximum=1, default=0.0)
+        "a model whose schedule ends at zero SNR. 0 = plain guidance (SD 1.5, the SeLoRA paper); Lin et "
+        "al. use 0.7, and so does the embedded default, whose miniature's schedule ends at zero SNR. No "
+        "effect at guidance_scale ≤ 1.", minimum=0, maximum=1, default=0.0)
     images_per_prompt: int = param(minimum=1, default=1)
     batch_size: int = param(minimum=1, default=16)
     seed: int = param(default=1234)
