@@ -309,6 +309,8 @@ def test_quality_table_states_its_configuration_and_aggregates_seeds(built):
         "reads the findings (heart, device) with accuracy 0.990",
         "'fake-clip'",
         "160 generated images covering 160 of 160 test prompts; KID over 50 subsets of 50",
+        "**Sampling**: DDIM, 50 steps, classifier-free guidance 7.5, 1 image per test prompt, noise "
+        "seeds from 1234",
         "calls 100.0 % of 160 real test images and 1.5 % of 66 natural scenes real",
         "0 = grayscale); real test images: 0.000",
         "160 real train images (the images the reference network was fitted on) scored against the "
@@ -334,6 +336,22 @@ def test_quality_table_states_its_configuration_and_aggregates_seeds(built):
     agg = pd.read_csv(res / "tables" / "aggregate.csv")
     row = agg[(agg.method == "lora") & (agg.variant == "default")].iloc[0]
     assert row.fid_mean == 11.0 and row.fid_std == 1.0 and row.fid_n == 3
+
+
+def test_the_sampling_line_names_a_rescaled_guidance_only_where_it_acts():
+    from selora.report.tables import _sampler_line
+
+    def line(*sets: str) -> str:
+        return _sampler_line(load_params(None, list(sets)))
+
+    embedded = line("sample.steps=15", "sample.guidance_scale=2.0", "sample.guidance_rescale=0.7",
+                    "sample.images_per_prompt=4")
+    assert "DDIM, 15 steps, classifier-free guidance 2 rescaled by 0.7 (Lin et al. 2024), 4 images" \
+        in embedded
+    assert "rescaled" not in line("sample.guidance_scale=7.5", "sample.guidance_rescale=0.0")
+    # Without guidance diffusers does not rescale: the line must not claim it.
+    assert "guidance 1," in line("sample.guidance_scale=1.0", "sample.guidance_rescale=0.7")
+    assert "rescaled" not in line("sample.guidance_scale=1.0", "sample.guidance_rescale=0.7")
 
 
 def test_in_domain_column_shows_when_a_run_has_it_or_params_plan_a_probe():

@@ -208,6 +208,7 @@ def config_block(
         *_domain_lines(space),
         *_colour_lines(runs),
         *_sample_lines(runs),
+        *([_sampler_line(params)] if need == "has_metrics" else []),  # not in the training tables
         "- Cells: mean ± sample std (ddof 1) over seeds; `⚠ n=k/N` = only k of N configured seeds present.",
     ]
 
@@ -276,6 +277,18 @@ def _sample_lines(runs: pd.DataFrame) -> list[str]:
         + "; KID over "
         + ", ".join(f"{a} subsets of {b}" for a, b in kid)
     ]
+
+
+def _sampler_line(params: Params) -> str:
+    """How the images were drawn (params.sample): the guidance and its rescale move FID-ref and the
+    colour cast (README, "Fine-tuning"), so a reader must see them beside the scores."""
+    s = params.sample
+    guidance = f"classifier-free guidance {s.guidance_scale:g}"
+    if s.guidance_rescale and s.guidance_scale > 1:
+        guidance += f" rescaled by {s.guidance_rescale:g} (Lin et al. 2024)"
+    return (f"- **Sampling**: {s.scheduler.upper()}, {s.steps} steps, {guidance}, "
+            f"{s.images_per_prompt} image{'s' if s.images_per_prompt != 1 else ''} per test prompt, "
+            f"noise seeds from {s.seed} (`sample`)")
 
 
 def missing_block(runs: pd.DataFrame, need: str = "has_metrics") -> list[str]:
