@@ -76,7 +76,7 @@ METRICS_JSON = "metrics.json"
 RUN_FEATURES = "features.safetensors"
 TAP_ROLES = ("fid", "fid_mid", "fid_low")
 FLOOR_DRAWS = 10  # subsets of the train split behind reference.json's real_floor
-FLOOR_CHUNK = 256  # images decoded at a time for it (a paper-scale train split is thousands)
+REAL_CHUNK = 256  # real images decoded at a time (a paper-scale train split is thousands)
 
 
 class ReferenceGateError(SeloraError):
@@ -264,17 +264,21 @@ def _real_features(
     inception: tuple[Any, dict[str, Any]] | None, model: ReferenceModel | None, paths: list[str], setup: str,
     device: str,
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """The real test images' features per tap and a description of the extractor."""
-    if inception is not None:
-        net, desc = inception
-        return _extract(net, load_images(paths, mode="RGB"), device), desc
-    assert model is not None
-    desc = {
+    """Real images' features per tap [len(paths), d] and a description of the extractor; the images
+    are decoded ``REAL_CHUNK`` at a time, so a paper-scale split never sits in memory whole."""
+    def extract(chunk: list[str]) -> dict[str, torch.Tensor]:
+        if inception is not None:
+            return _extract(inception[0], load_images(chunk, mode="RGB"), device)
+        assert model is not None
+        return model.run(model.load(chunk))[0]
+
+    desc = inception[1] if inception is not None else {
         "name": "reference",
         "dims": model.dims,
         "label": f"reference CNN trained on the real {setup} training images (not Inception)",
     }
-    return model.run(model.load(paths))[0], desc
+    chunks = [extract(paths[c:c + REAL_CHUNK]) for c in range(0, len(paths), REAL_CHUNK)]
+    return {role: torch.cat([c[role] for c in chunks]) for role in chunks[0]}, desc
 
 
 def distances(real: dict[str, torch.Tensor], fake: dict[str, torch.Tensor], params: Params) -> dict[str, Any]:
@@ -303,9 +307,8 @@ def _real_floor(
     draws = ([torch.randperm(len(train), generator=gen)[:n] for _ in range(FLOOR_DRAWS)]
              if len(train) > n else [torch.arange(len(train))])
     used = sorted({int(i) for d in draws for i in d})  # each image's features extracted once
-    chunks = [_real_features(inception, model, [train[i]["path"] for i in used[c:c + FLOOR_CHUNK]],
-                             setup, device)[0] for c in range(0, len(used), FLOOR_CHUNK)]
-    feats = {role: torch.cat([c[role] for c in chunks]) for role in chunks[0]}  # [len(used), d]
+    # [len(used), d] per tap
+    feats, _ = _real_features(inception, model, [train[i]["path"] for i in used], setup, device)
     row = {i: k for k, i in enumerate(used)}
     values: dict[str, list[float]] = {}
     for d in draws:
