@@ -352,6 +352,9 @@ def test_the_sampling_line_names_a_rescaled_guidance_only_where_it_acts():
     # Without guidance diffusers does not rescale: the line must not claim it.
     assert "guidance 1," in line("sample.guidance_scale=1.0", "sample.guidance_rescale=0.7")
     assert "rescaled" not in line("sample.guidance_scale=1.0", "sample.guidance_rescale=0.7")
+    # Every run shares one noise draw: the line says the ± over seeds leaves the draw's share out.
+    assert "noise seeds from 1234 (`sample`), the same for every run" in line("sample.seed=1234")
+    assert "without the draw's own share" in embedded
 
 
 def test_in_domain_column_shows_when_a_run_has_it_or_params_plan_a_probe():

@@ -281,14 +281,18 @@ def _sample_lines(runs: pd.DataFrame) -> list[str]:
 
 def _sampler_line(params: Params) -> str:
     """How the images were drawn (params.sample): the guidance and its rescale move FID-ref and the
-    colour cast (README, "Fine-tuning"), so a reader must see them beside the scores."""
+    colour cast (README, "Fine-tuning"), so a reader must see them beside the scores; and the one
+    noise draw every run shares, which makes the comparison paired but leaves the draw's own
+    variance out of every ± (one fixed adapter's FID-ref moves with it)."""
     s = params.sample
     guidance = f"classifier-free guidance {s.guidance_scale:g}"
     if s.guidance_rescale and s.guidance_scale > 1:
         guidance += f" rescaled by {s.guidance_rescale:g} (Lin et al. 2024)"
     return (f"- **Sampling**: {s.scheduler.upper()}, {s.steps} steps, {guidance}, "
             f"{s.images_per_prompt} image{'s' if s.images_per_prompt != 1 else ''} per test prompt, "
-            f"noise seeds from {s.seed} (`sample`)")
+            f"noise seeds from {s.seed} (`sample`), the same for every run: methods are compared "
+            "on one draw, and ± is the training seeds' spread under it, without the draw's own share "
+            "(benchmarks/README, \"The sampling's share of the spread\")")
 
 
 def missing_block(runs: pd.DataFrame, need: str = "has_metrics") -> list[str]:
