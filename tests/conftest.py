@@ -58,6 +58,7 @@ MINUTES = {  # (the 9½-minute `make rehearse-ci` test is slow now: not in `make
 LONG = 3.0  # a module without the miniature this long covers the pre-training on another worker
 
 
+@pytest.hookimpl(trylast=True)  # after `-m` deselects: a slow test's fixtures do not move its module
 def pytest_collection_modifyitems(config, items) -> None:
     """Module order for xdist's loadscope scheduling (`make test`: a worker takes a module whole, so
     its module fixtures are built once, and the next module in this order when it is nearly done).
