@@ -52,7 +52,7 @@ def built_once(tmp_path_factory, name: str, build: Callable[[Path], object]) -> 
 # first in its module: xdist hands a worker its next module once at most two of its tests are left,
 # so a long test last in its module would have the next module queued behind it.
 MINUTES = {  # (the 9½-minute `make rehearse-ci` test is slow now: not in `make test`)
-    "tests/test_workflow.py": 10.0,  # its end-to-end run pre-trains its own miniature: LONG, no wait
+    "tests/test_workflow.py": 5.0,
     "tests/test_registry.py": 1.0,
 }
 LONG = 3.0  # a module without the miniature this long covers the pre-training on another worker
