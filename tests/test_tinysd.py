@@ -110,13 +110,11 @@ def test_generated_images_depend_on_the_caption(tiny_pipeline):
 
 
 def test_pretraining_is_deterministic(tmp_path, synthetic_dirs, monkeypatch):
-    import selora.pretrain
-
     p = load_params(None, ["base_model.tiny.vae_steps=5", "base_model.tiny.unet_steps=5",
                            "base_model.tiny.batch_size=8", "base_model.tiny.vae_chroma_weight=3"])
     # The probe reads the trained weights after they are written, into the report compared here by
     # no one: at its full size (64 scenes × 4 draws) it was 36 of this test's 46 s.
-    monkeypatch.setattr(selora.pretrain, "caption_probe", partial(caption_probe, n=4, draws=1))
+    monkeypatch.setattr("selora.pretrain.caption_probe", partial(caption_probe, n=4, draws=1))
     for name in ("a", "b"):
         pretrain_base(p, synthetic_dirs["natural"], None, tmp_path / name, progress=False)
         (tmp_path / name / "pretrain_report.json").unlink()  # holds wall times
