@@ -89,6 +89,9 @@ def test_training_reduces_validation_loss_and_keeps_the_best_epoch(trained, meth
     assert len(steps) == summary["steps"] == 14 and steps.lr.eq(2e-3).all()
     assert (train_dir / "logs" / "memory.csv").read_text().count("\n") == 1 + 14 // 4
     assert summary["provenance"]["git_commit"] is None or len(summary["provenance"]["git_commit"]) >= 40
+    cpu = summary["provenance"]["cpu"]  # which host's arithmetic made these weights
+    assert cpu["torch_threads"] >= 1 and cpu["torch_capability"]
+    assert cpu["logical_cpus"] >= 1 and (cpu["model"] or sys.platform != "linux")
 
 
 def test_a_finished_run_is_not_trained_again(trained, prepared):

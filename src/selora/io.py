@@ -315,6 +315,24 @@ def peak_memory() -> dict[str, float]:
     return out
 
 
+def cpu_info() -> dict[str, Any]:
+    """The CPU a result was computed on, and torch's kernel path and threads when torch is loaded:
+    the same code, pins and seed pre-trained another miniature on a host that rounds differently
+    (benchmarks/README, "Another machine, another base model"), so a result names its host."""
+    model = platform.processor() or None
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("model name"):
+                model = line.partition(":")[2].strip()
+                break
+    out: dict[str, Any] = {"model": model, "logical_cpus": os.cpu_count()}
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        out["torch_capability"] = torch.backends.cpu.get_cpu_capability()  # e.g. AVX2, AVX512
+        out["torch_threads"] = torch.get_num_threads()
+    return out
+
+
 class Provenance:
     """Collects what every result file carries; start it when a phase starts."""
 
@@ -332,6 +350,7 @@ class Provenance:
             "packages": package_versions(),
             "python": platform.python_version(),
             "platform": platform.platform(),
+            "cpu": cpu_info(),
             "git_commit": git_commit(),
             "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.started)),
             "wall_time_s": round(time.perf_counter() - self._t0, 3),
