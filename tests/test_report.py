@@ -283,7 +283,7 @@ def test_mean_and_std_over_seeds_on_hand_made_numbers():
 def test_before_any_run_is_scored_tables_name_the_planned_feature_space():
     from selora.metrics.evaluate import feature_dims
     from selora.report.collect import Collected
-    from selora.report.tables import feature_space_of
+    from selora.report.header import feature_space_of
 
     empty = Collected(pd.DataFrame())  # no run scored yet
     for space in ("reference", "inception"):
@@ -339,7 +339,7 @@ def test_quality_table_states_its_configuration_and_aggregates_seeds(built):
 
 
 def test_the_sampling_line_names_a_rescaled_guidance_only_where_it_acts():
-    from selora.report.tables import _sampler_line
+    from selora.report.header import _sampler_line
 
     def line(*sets: str) -> str:
         return _sampler_line(load_params(None, list(sets)))

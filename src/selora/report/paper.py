@@ -22,7 +22,8 @@ import scipy.stats
 from selora.config import Params
 from selora.report.aggregate import cell, mean_std
 from selora.report.collect import Collected
-from selora.report.tables import GENERATED_NOTE, feature_space_of, hms, paper_counterpart
+from selora.report.header import feature_space_of
+from selora.report.tables import GENERATED_NOTE, hms, paper_counterpart
 from selora.runlayout import DEFAULT_VARIANT, variant_name
 
 
