@@ -38,7 +38,6 @@ balanced accuracy.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import statistics
 from collections.abc import Callable, Sequence
@@ -106,14 +105,6 @@ def reference_dir(params: Params, setup: str) -> Path:
     return Path(params.paths.results) / "reference" / setup
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _extract(
     fn: Callable[[torch.Tensor], dict[str, torch.Tensor]],
     images: torch.Tensor,
@@ -137,7 +128,7 @@ def _inception(params: Params, device: str) -> tuple[Any, dict[str, Any]]:
         "label": "Inception-v3 (FID weights, TF resize, float32)",
         "dims": net.dims,
         "weights": str(weights),
-        "weights_sha256": _sha256(weights),
+        "weights_sha256": file_sha256(weights),
     }
     return net, desc
 
