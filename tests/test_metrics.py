@@ -145,6 +145,7 @@ def test_planned_feature_dims_are_the_widths_the_networks_tap():
     taps, _ = ReferenceNet(channels=1, classes=[2])(torch.rand(3, 1, 32, 32))
     assert {k: v.shape[1] for k, v in taps.items()} == feature_dims("reference")
     assert feature_dims("inception") == {"fid": 2048, "fid_mid": 192, "fid_low": 64}  # as above
+    assert set(taps) == set(frechet.TAP_ROLES)  # every space has the taps scoring and the tables name
     feature_dims("reference")["fid"] = 0  # a copy: the caller cannot change the next answer
     assert feature_dims("reference")["fid"] == taps["fid"].shape[1]
     with pytest.raises(ConfigError, match="feature_space"):

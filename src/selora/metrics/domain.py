@@ -30,11 +30,11 @@ import torch
 
 from selora.errors import DatasetFormatError
 from selora.imagefolder import read_manifest
+from selora.metrics.frechet import TAP_ROLES
 from selora.metrics.reference import ReferenceModel, one_thread
 from selora.synthetic.cxr import RADIOGRAPH_CAPTIONS
 
 PROBE_FILE = "domain_probe.safetensors"
-TAPS = ("fid", "fid_mid", "fid_low")
 L2 = 1e-2  # ridge on the standardised weights: the two domains separate, so unpenalised weights diverge
 MAX_ITER = 200
 
@@ -136,7 +136,7 @@ def held_out(probe: DomainProbe, real: torch.Tensor, natural: torch.Tensor) -> d
 
 def probe_features(taps: Mapping[str, torch.Tensor]) -> torch.Tensor:
     """The probe's input: the reference network's taps ({role: [N, d]}) side by side."""
-    return torch.cat([taps[t].double() for t in TAPS], dim=1)
+    return torch.cat([taps[t].double() for t in TAP_ROLES], dim=1)
 
 
 def fit_domain_probe(
@@ -156,8 +156,8 @@ def fit_domain_probe(
 
     probe = fit_probe(feats(real_train), feats([r["path"] for r in scenes["train"]]))
     report = {
-        "taps": list(TAPS),
-        "dims": sum(model.dims[t] for t in TAPS),
+        "taps": list(TAP_ROLES),
+        "dims": sum(model.dims[t] for t in TAP_ROLES),
         "natural": str(natural),
         "classifier": f"logistic regression (L-BFGS, L2 {L2:g} on standardised features, balanced classes)",
         "n_train": {"real": len(real_train), "natural": len(scenes["train"])},

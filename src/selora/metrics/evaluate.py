@@ -52,6 +52,7 @@ from selora.imagefolder import read_manifest, split_hash
 from selora.io import Provenance, atomic_dir, atomic_path, file_sha256, report_leftovers, write_json
 from selora.metrics import frechet
 from selora.metrics.domain import DomainProbe, fit_domain_probe, natural_scenes, probe_features
+from selora.metrics.frechet import TAP_ROLES
 from selora.metrics.reference import (
     ReferenceModel,
     encode_labels,
@@ -73,7 +74,6 @@ REFERENCE_JSON = "reference.json"
 REAL_FEATURES = "real_features.safetensors"
 METRICS_JSON = "metrics.json"
 RUN_FEATURES = "features.safetensors"
-TAP_ROLES = ("fid", "fid_mid", "fid_low")
 FLOOR_DRAWS = 10  # subsets of the train split behind reference.json's real_floor
 REAL_CHUNK = 256  # real images decoded at a time (a paper-scale train split is thousands)
 

@@ -15,6 +15,10 @@ from torch import nn
 
 from selora.metrics.samples import SampleError
 
+# The three FID taps every feature space provides, final / middle / low (Inception: 2048 / 192 / 64,
+# the paper's FID / FID 192 / FID 64): metrics.json's keys and the quality tables' columns.
+TAP_ROLES = ("fid", "fid_mid", "fid_low")
+
 
 class PassThrough(nn.Module):
     """A torchmetrics feature extractor for features that are already extracted: [N, d] → [N, d]."""

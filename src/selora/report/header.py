@@ -10,6 +10,7 @@ from typing import Any
 import pandas as pd
 
 from selora.config import Params
+from selora.metrics.frechet import TAP_ROLES
 from selora.report.collect import Collected
 
 
@@ -62,7 +63,7 @@ def fid_labels(space: dict[str, Any]) -> dict[str, str]:
     dims = space.get("dims") or {}
     if space.get("name") == "inception":
         return {"fid": "FID", "fid_mid": "FID 192", "fid_low": "FID 64"}
-    return {r: f"FID-ref {dims.get(r, '?')}" for r in ("fid", "fid_mid", "fid_low")}
+    return {r: f"FID-ref {dims.get(r, '?')}" for r in TAP_ROLES}
 
 
 def config_block(
