@@ -49,12 +49,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def pin_cpu_from_args(args: argparse.Namespace) -> dict[str, str]:
+    """Apply the params' ``cpu_isa`` (:mod:`selora.cpuisa`) before the phase imports torch: read from
+    the params files and overrides alone, since loading the params in full imports torch."""
+    if not hasattr(args, "overrides"):  # a phase without params
+        return {}
+    from pathlib import Path
+
+    from selora.config import raw_params
+    from selora.cpuisa import pin_cpu_isa
+
+    # The phase's own files; without --params its default, params.yaml, when there is one (prepare
+    # runs on the schema's defaults without it, and the other phases say it is missing).
+    paths = args.params or (["params.yaml"] if Path("params.yaml").is_file() else [])
+    return pin_cpu_isa(raw_params(paths, args.overrides).get("cpu_isa"))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from selora.errors import SeloraError
 
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        pin_cpu_from_args(args)
         return int(args._module.run(args) or 0)
     except SeloraError as exc:
         print(f"selora {args.command}: error: {exc}", file=sys.stderr)

@@ -263,6 +263,18 @@ def load_params(
     Several files merge in order (later keys win), as Snakemake merges ``--configfile``s; None means
     the schema defaults only.
     """
+    return params_from_dict(_merged(path), overrides)
+
+
+def raw_params(
+    path: str | Path | Iterable[str | Path] | None, overrides: Iterable[str] = ()
+) -> dict[str, Any]:
+    """The params files merged and the overrides applied, neither validated nor filled with defaults:
+    a key read before :func:`load_params`, which imports the method registry and with it torch."""
+    return apply_overrides(_merged(path), overrides)
+
+
+def _merged(path: str | Path | Iterable[str | Path] | None) -> dict[str, Any]:
     if path is None:
         paths: list[str | Path] = []
     elif isinstance(path, (str, Path)):
@@ -272,4 +284,4 @@ def load_params(
     data: dict[str, Any] = {}
     for p in paths:
         data = _deep_merge(data, read_params_file(p))
-    return params_from_dict(data, overrides)
+    return data

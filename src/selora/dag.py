@@ -79,11 +79,20 @@ JOB_CONFIGS: dict[str, Callable[[Config, Wildcards], Any]] = {
 LOCAL_RULES = ("all",)  # targets only: no command, no DVC stage
 
 
+# Jobs whose numbers depend on the CPU kernels torch runs: a cpu_isa pin changes their bits. Keyed
+# in only while set, so that the hash of every job run without a pin stays what it was.
+TORCH_RULES = ("pretrain_base", "train", "sample", "sample_no_adapter", "fit_reference", "evaluate",
+               "evaluate_no_adapter")
+
+
 def job_config(rule: str, cfg: Config, wildcards: Wildcards) -> Any:
     if rule not in JOB_CONFIGS:
         raise ConfigError(f"rule {rule!r} has no entry in selora.dag.JOB_CONFIGS: say what config its "
                           "result depends on there (Snakemake's rerun hash and dvc.yaml both read it)")
-    return JOB_CONFIGS[rule](cfg, wildcards)
+    out = JOB_CONFIGS[rule](cfg, wildcards)
+    if rule in TORCH_RULES and cfg.get("cpu_isa") is not None:
+        out = {"job": out, "cpu_isa": cfg["cpu_isa"]}
+    return out
 
 
 def job_hash(rule: str, cfg: Config, wildcards: Wildcards) -> str:

@@ -316,9 +316,12 @@ def peak_memory() -> dict[str, float]:
 
 
 def cpu_info() -> dict[str, Any]:
-    """The CPU a result was computed on, and torch's kernel path and threads when torch is loaded:
-    the same code, pins and seed pre-trained another miniature on a host that rounds differently
-    (benchmarks/README, "Another machine, another base model"), so a result names its host."""
+    """The CPU a result was computed on, torch's kernel path and threads when torch is loaded, and
+    the variables pinning the kernels (params ``cpu_isa``) when set: the same code, pins and seed
+    pre-trained another miniature on an AVX2 host than on an AVX-512 one (benchmarks/README, "Which
+    kernels a host runs"), so a result names its path."""
+    from selora.cpuisa import pinned
+
     model = platform.processor() or None
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
@@ -330,6 +333,8 @@ def cpu_info() -> dict[str, Any]:
     if torch is not None:
         out["torch_capability"] = torch.backends.cpu.get_cpu_capability()  # e.g. AVX2, AVX512
         out["torch_threads"] = torch.get_num_threads()
+    if pin := pinned():
+        out["isa_pin"] = pin
     return out
 
 
