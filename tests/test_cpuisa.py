@@ -95,3 +95,18 @@ def test_a_pin_reruns_the_torch_jobs_and_leaves_unpinned_hashes_as_they_were():
         unpinned_hash = dag.job_hash(rule, cfg, w)
         assert unpinned_hash == dag.job_hash(rule, {k: v for k, v in cfg.items() if k != "cpu_isa"}, w)
         assert (dag.job_hash(rule, pinned, w) != unpinned_hash) == (rule in dag.TORCH_RULES), rule
+
+
+def test_a_pinned_run_is_never_reused_for_an_unpinned_one(monkeypatch):
+    """`selora train` reuses a finished run of the same identity: a pin must change it, and its
+    absence must leave the identity of runs made before the key existed as it was."""
+    from selora import runlayout
+    from selora.runlayout import RunId
+
+    monkeypatch.setattr(runlayout, "data_identity", lambda _d: "data")
+    monkeypatch.setattr(runlayout, "base_model_identity", lambda _p: "base")
+    run = RunId("synthetic-cxr-32", "selora", "default", 0)
+    plain = runlayout.run_identity(load_params(ROOT / "params.yaml"), run, "unused")
+    pinned = runlayout.run_identity(load_params(ROOT / "params.yaml", ["cpu_isa=avx2"]), run, "unused")
+    assert set(plain) == {"config", "seed", "data", "base_model"}
+    assert pinned == {**plain, "cpu_isa": "avx2"}

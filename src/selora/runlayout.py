@@ -212,12 +212,16 @@ def base_model_identity(params: Params) -> dict[str, Any]:
 def run_identity(params: Params, run: RunId, data_dir: str | Path) -> dict[str, Any]:
     """Everything a training run's result depends on: :func:`run_config` (the params), the
     top-level seed (validation draws), and what the prepared data and the base model *are*. A
-    checkpoint or summary with another identity is never resumed from or reused."""
+    checkpoint or summary with another identity is never resumed from or reused. A ``cpu_isa`` pin
+    is part of it while set (other kernels, other bits), and absent otherwise, so that runs made
+    before the key existed keep their identity."""
+    pin = {"cpu_isa": params.cpu_isa} if params.cpu_isa is not None else {}
     return {
         "config": config_hash(run_config(params, run)),
         "seed": params.seed,
         "data": data_identity(data_dir),
         "base_model": base_model_identity(params),
+        **pin,
     }
 
 
