@@ -47,7 +47,8 @@ def test_pipeline_folder_loads_through_the_shared_loader(tiny_base, small_params
 
 # Learned behaviour of the test-size miniature (conftest.SMALL), each bounded far from what a broken
 # model gives. benchmarks/margins.py pre-trains that miniature over seeds × torch threads and prints
-# every value against these bounds; measured margins are in each test's docstring.
+# every value against these bounds; measured margins are in each test's docstring, and on torch's
+# AVX-512 and AVX2 kernels alike in benchmarks/README ("On another CPU", "On torch's AVX2 kernels").
 MIN_VAE_PSNR_DB = 18.0  # decoding noise gives < 10 dB
 MIN_VAE_PSNR_DB_CXR = 25.0  # held-out CXR phantoms; a VAE that never saw a radiograph: 21 dB
 MAX_VAE_COLOUR_CAST_CXR = 0.05  # mean |R − B| of their reconstructions; never saw one: 0.09
