@@ -5,8 +5,8 @@ operations, oneDNN's convolutions and MKL's matrix products each take AVX-512 wh
 it and AVX2 where it has not. The two paths round differently, and a model far from convergence
 amplifies that: the embedded miniature pre-trained on an AVX-512 and on an AVX2 host (same code,
 pins, seed and threads) became two base models whose grids disagree on every FID-ref
-(benchmarks/README, "Which kernels a host runs"). Pinning all three to AVX2, which every x86-64
-CPU since 2013-2015 has, makes such hosts run one path.
+(benchmarks/README, "Which kernels a host runs"). Pinning all three to AVX2, which nearly every
+x86-64 CPU since 2013-2015 has, makes such hosts run one path.
 
 Each library reads its variable once, when it first computes, so ``selora`` sets them from the
 params before a phase imports torch (:func:`selora.cli.main`); a process that has already loaded

@@ -352,11 +352,12 @@ class Params:
     experiment: ExperimentConfig = param("The grid of runs (setups × methods × seeds) and the ablations.",
                                          default={})
     cpu_isa: str | None = param(
-        "Pin torch's CPU kernels to one instruction set (selora.cpuisa), so that every x86-64 host computes "
-        "the same bits: avx2 sets ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA and MKL_ENABLE_INSTRUCTIONS for "
-        "every phase. null: each library takes the best the CPU has, and an AVX-512 and an AVX2 host "
-        "pre-train different miniatures (benchmarks/README, \"Which kernels a host runs\"). No effect on "
-        "GPU kernels or on other architectures.", enum=["avx2", None], default=None)
+        "Pin torch's CPU kernels to one instruction set (selora.cpuisa), so that x86-64 hosts with AVX2 "
+        "compute the same bits: avx2 sets ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA and "
+        "MKL_ENABLE_INSTRUCTIONS for every phase. null: each library takes the best the CPU has, and an "
+        "AVX-512 and an AVX2 host pre-train different miniatures (benchmarks/README, \"Which kernels a "
+        "host runs\"). No effect on GPU kernels or on other architectures.", enum=["avx2", None],
+        default=None)
     raw: dict[str, Any] = dataclasses.field(compare=False, repr=False, metadata={"schema": None})
 
     def setup(self, name: str) -> Setup:
