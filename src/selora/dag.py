@@ -79,10 +79,11 @@ JOB_CONFIGS: dict[str, Callable[[Config, Wildcards], Any]] = {
 LOCAL_RULES = ("all",)  # targets only: no command, no DVC stage
 
 
-# Jobs whose numbers depend on the CPU kernels torch runs: a cpu_isa pin changes their bits. Keyed
-# in only while set, so that the hash of every job run without a pin stays what it was.
+# Jobs whose numbers depend on the CPU kernels torch runs (the report's bootstrap too: float64 torch
+# linear algebra): a cpu_isa pin changes their bits. Keyed in only while set, so that the hash of
+# every job run without a pin stays what it was.
 TORCH_RULES = ("pretrain_base", "train", "sample", "sample_no_adapter", "fit_reference", "evaluate",
-               "evaluate_no_adapter")
+               "evaluate_no_adapter", "report")
 
 
 def job_config(rule: str, cfg: Config, wildcards: Wildcards) -> Any:
