@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,8 +16,10 @@ from selora.basemodel import load_pipeline, resolve_base
 from selora.config import load_params
 from selora.errors import ConfigError, MissingWeightsError
 from selora.imagefolder import file_digest, read_manifest
-from selora.pretrain import encode, load_images, pretrain_base, psnr
+from selora.pretrain import REPORT, encode, load_images, pretrain_base, psnr
 from selora.probes import background_gap, caption_probe
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_tokenizer_is_clip_style_and_never_unknown(tmp_path):
@@ -120,6 +124,25 @@ def test_pretraining_is_deterministic(tmp_path, synthetic_dirs, monkeypatch):
         pretrain_base(p, synthetic_dirs["natural"], None, tmp_path / name, progress=False)
         (tmp_path / name / "pretrain_report.json").unlink()  # holds wall times
     assert file_digest(tmp_path / "a") == file_digest(tmp_path / "b")
+
+
+def test_pretraining_runs_on_the_thread_count_the_params_name(tmp_path, synthetic_dirs, monkeypatch):
+    """Another thread count is another miniature, bit for bit (2 against 1 thread: every weight file
+    differed after 40 steps). So pre-training takes it from the params, not from the process it
+    runs in — the one `dvc repro` starts (the host's cores) or Snakemake (OMP_NUM_THREADS, scaled
+    down by --cores) — and the shipped params name it."""
+    assert load_params(ROOT / "params.yaml").base_model.tiny.threads is not None
+    p = load_params(None, ["base_model.tiny.vae_steps=2", "base_model.tiny.unet_steps=2",
+                           "base_model.tiny.batch_size=8", "base_model.tiny.threads=2"])
+    monkeypatch.setattr("selora.pretrain.caption_probe", partial(caption_probe, n=4, draws=1))
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # the process says 1
+    try:
+        pretrain_base(p, synthetic_dirs["natural"], None, tmp_path / "m", progress=False)
+    finally:
+        torch.set_num_threads(before)
+    report = json.loads((tmp_path / "m" / REPORT).read_text())
+    assert report["provenance"]["cpu"]["torch_threads"] == 2
 
 
 def test_the_vae_chroma_loss_charges_tints_not_brightness_errors():

@@ -105,7 +105,11 @@ class TinyConfig:
         "Std of a per-(image, channel) constant added to the training noise (offset noise): the older "
         "fix of the same residue for the background only; zero terminal SNR makes it unnecessary.",
         minimum=0, default=0.0)
-    threads: int | None = param("torch threads; null = torch's default.", minimum=1, default=None)
+    threads: int | None = param(
+        "torch threads of pre-training. The miniature's weights depend on it bit for bit (other "
+        "threads split the sums differently), and so every number after it: name it so that `dvc "
+        "repro`, `snakemake` at any --cores and any host pre-train the same model. null = torch's "
+        "default, the host's cores (or OMP_NUM_THREADS).", minimum=1, default=None)
 
     @property
     def vae_factor(self) -> int:

@@ -14,7 +14,7 @@ rule pretrain_base:
         f"{LOGS}/pretrain_base.log",
     benchmark:
         f"{LOGS}/benchmarks/pretrain_base.tsv",
-    threads: 2
+    threads: P.base_model.tiny.threads or 2  # scheduling only: pre-training sets its own from the params
     resources:
         mem_mb=4000,
         runtime=60,
