@@ -49,6 +49,23 @@ def test_pipeline_folder_loads_through_the_shared_loader(tiny_base, small_params
     assert sum(isinstance(m, torch.nn.Linear) for m in pipe.unet.modules()) > 50
 
 
+def test_a_quiet_load_draws_no_loading_bars_and_leaves_them_on(tiny_base, small_params, capfd):
+    """`--quiet` reaches the loaders: no "Loading pipeline components" lines in a job's log, and the
+    process-wide switches of diffusers and transformers are back on afterwards."""
+    from dataclasses import replace
+
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
+
+    params = replace(small_params, paths=replace(small_params.paths, models=str(tiny_base["path"].parent)))
+    capfd.readouterr()
+    load_pipeline(params, progress=False)
+    assert "Loading" not in capfd.readouterr().err
+    assert dlog.is_progress_bar_enabled() and tlog.is_progress_bar_enabled()
+    load_pipeline(params)
+    assert "Loading pipeline components" in capfd.readouterr().err
+
+
 # Learned behaviour of the test-size miniature (conftest.SMALL), each bounded far from what a broken
 # model gives. benchmarks/margins.py pre-trains that miniature over seeds × torch threads and prints
 # every value against these bounds; measured margins are in each test's docstring, and on torch's

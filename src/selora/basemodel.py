@@ -7,8 +7,10 @@ load from the local cache only when ``HF_HUB_OFFLINE=1``; nothing on the default
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 from selora.config import Params
@@ -50,21 +52,25 @@ def resolve_base(params: Params) -> str:
     )
 
 
-def load_pipeline(params: Params, torch_dtype=None):
-    """A fresh ``StableDiffusionPipeline`` of the base model (no safety checker)."""
+def load_pipeline(params: Params, torch_dtype=None, progress: bool = True):
+    """A fresh ``StableDiffusionPipeline`` of the base model (no safety checker).
+
+    ``progress=False`` (a phase's ``--quiet``) also silences diffusers' and transformers' loading
+    bars, which otherwise fill every job log with carriage-return lines."""
     from diffusers import StableDiffusionPipeline
 
     source = resolve_base(params)
     offline = os.environ.get("HF_HUB_OFFLINE") == "1" or not Path(source).is_dir()
     try:
-        pipe = StableDiffusionPipeline.from_pretrained(
-            source,
-            revision=params.base_model.revision,
-            torch_dtype=torch_dtype,
-            safety_checker=None,
-            requires_safety_checker=False,
-            local_files_only=offline and not Path(source).is_dir(),
-        )
+        with _loading_bars(progress):
+            pipe = StableDiffusionPipeline.from_pretrained(
+                source,
+                revision=params.base_model.revision,
+                torch_dtype=torch_dtype,
+                safety_checker=None,
+                requires_safety_checker=False,
+                local_files_only=offline and not Path(source).is_dir(),
+            )
     except OSError as exc:
         raise MissingWeightsError(
             f"cannot load base model {source!r}: {exc}. Without hub access, download it on a machine "
@@ -73,3 +79,21 @@ def load_pipeline(params: Params, torch_dtype=None):
         ) from exc
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+@contextlib.contextmanager
+def _loading_bars(enabled: bool) -> Iterator[None]:
+    """diffusers' and transformers' progress bars off for the block (when not enabled), then as
+    they were: the switches are process-wide."""
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
+
+    before = dlog.is_progress_bar_enabled(), tlog.is_progress_bar_enabled()
+    if not enabled:
+        dlog.disable_progress_bar()
+        tlog.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for mod, was in zip((dlog, tlog), before, strict=True):
+            (mod.enable_progress_bar if was else mod.disable_progress_bar)()

@@ -62,13 +62,14 @@ SCHEDULERS = {
 }
 
 
-def build_pipeline(params: Params, adapter_dir: Path | None, device: torch.device):
+def build_pipeline(params: Params, adapter_dir: Path | None, device: torch.device,
+                   progress: bool = True):
     import diffusers
 
     dtype = None
     if device.type == "cuda" and params.train.mixed_precision in ("fp16", "bf16"):
         dtype = torch.float16 if params.train.mixed_precision == "fp16" else torch.bfloat16
-    pipe = load_pipeline(params, torch_dtype=dtype)
+    pipe = load_pipeline(params, torch_dtype=dtype, progress=progress)
     if adapter_dir is not None:  # None: the untouched base model
         pipe.load_lora_weights(str(adapter_dir))
         # Merged into the base weights and the LoRA layers removed: the same images (to float
@@ -121,7 +122,7 @@ def sample(params: Params, run: RunId, *, data_dir: str | Path | None = None,
     tests = [r for r in read_manifest(data_dir) if r["split"] == "test"]
     if not tests:
         raise DatasetFormatError(f"{data_dir}: no test split to sample prompts from")
-    pipe = build_pipeline(params, adapter_dir, device)
+    pipe = build_pipeline(params, adapter_dir, device, progress)
     size = params.setup(run.setup).size
     jobs = [(i, k, row) for i, row in enumerate(tests) for k in range(scfg.images_per_prompt)]
     manifest: list[dict[str, Any]] = []

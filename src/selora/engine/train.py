@@ -69,7 +69,7 @@ def train(params: Params, run: RunId, *, data_dir: str | Path | None = None,
     device, autocast = set_up_torch(tcfg, run.seed)
 
     # 1. Base model: VAE, text encoder, U-Net, all frozen (the adapter adds what trains).
-    pipe = load_pipeline(params)
+    pipe = load_pipeline(params, progress=progress)
     model = freeze_base(pipe, device, autocast)
 
     # 2. Data: the prepared set; latents encoded once, prompts truncated by the tokenizer.
