@@ -476,9 +476,12 @@ def patched_base(make_pipe: Callable[[], Any]) -> Iterator[None]:
     def identity(params: Any) -> dict[str, Any]:
         return {"name": "sd15-random-in-memory"}
 
+    def load(params: Any, torch_dtype: Any = None, progress: bool = True) -> Any:  # load_pipeline's
+        return make_pipe()
+
     saved = (train_mod.load_pipeline, sample_mod.load_pipeline, layout_mod.base_model_identity,
              sample_mod.base_model_identity)
-    train_mod.load_pipeline = sample_mod.load_pipeline = lambda params, torch_dtype=None: make_pipe()
+    train_mod.load_pipeline = sample_mod.load_pipeline = load
     layout_mod.base_model_identity = sample_mod.base_model_identity = identity
     try:
         yield
