@@ -272,6 +272,33 @@ def test_cli_scores_a_run_and_prints_one_line(fitted, cxr, capsys):
     assert "domain_share 1.000" in out
 
 
+@pytest.mark.parametrize("quiet", [True, False])
+def test_a_quiet_evaluate_loads_clip_without_loading_bars(fitted, cxr, capsys, monkeypatch, quiet):
+    """`selora evaluate --quiet` reaches the CLIP loader (the paper path): transformers' and diffusers'
+    process-wide loading bars are off while it loads, and on again after, even when it fails."""
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
+
+    import selora.metrics.clip as clip
+    from selora.errors import MissingWeightsError
+
+    seen = []
+
+    def load(name: str):
+        seen.append((name, dlog.is_progress_bar_enabled(), tlog.is_progress_bar_enabled()))
+        raise MissingWeightsError(f"no CLIP at {name}")
+
+    monkeypatch.setattr(clip, "load_clip", load)
+    rows = _test_rows(cxr)[:4]
+    images = [Image.open(r["path"]) for r in rows]
+    run = write_run(fitted["tmp"] / "results-quiet", "lora", int(quiet), rows, images)
+    code = main([*_eval_args(fitted, run, cxr), "--set", "evaluate.clip_model=some-clip",
+                 *(["--quiet"] if quiet else [])])
+    assert code != 0 and "no CLIP at some-clip" in capsys.readouterr().err
+    assert seen == [("some-clip", not quiet, not quiet)]
+    assert dlog.is_progress_bar_enabled() and tlog.is_progress_bar_enabled()
+
+
 @pytest.mark.parametrize(
     "defect, expect",
     [

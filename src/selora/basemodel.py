@@ -62,7 +62,7 @@ def load_pipeline(params: Params, torch_dtype=None, progress: bool = True):
     source = resolve_base(params)
     offline = os.environ.get("HF_HUB_OFFLINE") == "1" or not Path(source).is_dir()
     try:
-        with _loading_bars(progress):
+        with loading_bars(progress):
             pipe = StableDiffusionPipeline.from_pretrained(
                 source,
                 revision=params.base_model.revision,
@@ -82,7 +82,7 @@ def load_pipeline(params: Params, torch_dtype=None, progress: bool = True):
 
 
 @contextlib.contextmanager
-def _loading_bars(enabled: bool) -> Iterator[None]:
+def loading_bars(enabled: bool) -> Iterator[None]:
     """diffusers' and transformers' progress bars off for the block (when not enabled), then as
     they were: the switches are process-wide."""
     from diffusers.utils import logging as dlog

@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
             f"{info['real_features']['n']} real test images{acc}"
         )
         return 0
-    m = evaluate_run(params, args.run_dir, args.reference, args.data, device)
+    m = evaluate_run(params, args.run_dir, args.reference, args.data, device, progress=not args.quiet)
     shown = ("clip_score", "finding_accuracy", "domain_share", "colour_cast")
     extra = "".join(f", {k} {m[k]:.3f}" for k in shown if m.get(k) is not None)
     print(

@@ -351,8 +351,10 @@ def evaluate_run(
     reference: str | Path | None = None,
     data: str | Path | None = None,
     device: str = "cpu",
+    progress: bool = True,
 ) -> dict[str, Any]:
-    """Score one run's samples; writes and returns ``<run_dir>/metrics.json``."""
+    """Score one run's samples; writes and returns ``<run_dir>/metrics.json``. ``progress=False``
+    (``--quiet``) keeps the CLIP loader's bars out of the job log."""
     from safetensors.torch import load_file
 
     prov = Provenance("selora evaluate", params.raw)
@@ -394,7 +396,7 @@ def evaluate_run(
         "test_prompts": len(test_rows),
     }
     metrics.update(distances(real, fake, params))
-    metrics.update(_clip_scores(ev.clip_model, samples, test_rows, device))
+    metrics.update(_clip_scores(ev.clip_model, samples, test_rows, device, progress))
     metrics.update(_finding_metrics(ref, model, pred, target))
     metrics.update(_domain_share(ref, ref_dir, ref_taps))
     metrics["colour_cast"] = colour_cast(rgb)
@@ -461,14 +463,16 @@ def _inception_features(params: Params, ref: dict[str, Any], ref_dir: Path, imag
 
 
 def _clip_scores(clip_model: str | None, samples: list[Sample], test_rows: list[dict[str, Any]],
-                 device: str) -> dict[str, Any]:
+                 device: str, progress: bool = True) -> dict[str, Any]:
     """CLIP score of the samples with their prompts and of the real test images with theirs."""
     out: dict[str, Any] = {"clip_model": clip_model, "clip_score": None, "clip_score_real": None}
     if not clip_model:
         return out
+    from selora.basemodel import loading_bars
     from selora.metrics.clip import clip_score, load_clip
 
-    clip, processor = load_clip(clip_model)
+    with loading_bars(progress):
+        clip, processor = load_clip(clip_model)
     clip = clip.to(device)
     out["clip_score"] = clip_score(
         load_images([s.path for s in samples], "RGB").to(device), [s.prompt for s in samples], clip, processor
