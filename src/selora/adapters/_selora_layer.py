@@ -235,7 +235,10 @@ class SeLoraLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.base_layer(x)  # [..., out]
         a, b = self.lora_A, self.lora_B
-        xa = x if x.dtype == a.dtype else x.to(a.dtype)
+        if x.dtype == a.dtype or (torch.is_autocast_enabled(x.device.type) and x.dtype != torch.float64):
+            xa = x  # under autocast F.linear casts x itself: an fp32 copy would only be cast back
+        else:
+            xa = x.to(a.dtype)
         if self.probe is not None and torch.is_grad_enabled():
             y = _ProbedLoRA.apply(xa, a, b, self.candidate, self.scale, self.probe)
         else:
