@@ -402,3 +402,42 @@ def test_unknown_method_and_impossible_schedule_fail_clearly():
         ada.attach(_small_parts(), total_steps=4)
     with pytest.raises(ConfigError, match="optimiser steps"):
         create_adapter("adalora", method_cfg("adalora"), seed=0).attach(_small_parts(), total_steps=2)
+
+
+@pytest.mark.parametrize("name", registered_methods())
+def test_under_autocast_every_method_keeps_a_half_input_once(name):
+    """A bf16 activation that an op keeps (here tanh's output) and an adapted layer reads under bf16
+    autocast is kept once: the adapter branch keeps the same tensor, and the output equals what
+    peft's input cast gives. peft casts it to the adapter weights' fp32 first, and autocast's matmul
+    casts it back into a second copy (146 MiB at SD 1.5's 224 px / batch 8, benchmarks/README);
+    SeLoRA and DyLoRA never made it, so without `keep_half_inputs` the methods' memory would not
+    compare fairly."""
+    torch.manual_seed(0)
+    parts = {"unet": nn.Sequential(nn.Tanh(), nn.Linear(32, 48)),  # tanh keeps its output, x
+             "text_encoder": nn.Sequential(nn.Linear(8, 8))}
+    adapter = create_adapter(name, load_params(None).methods.get(name), seed=0)
+    adapter.attach(parts, 10)
+    adapter.before_forward(0)
+    leaf = torch.randn(8, 64, 32).requires_grad_()
+
+    def run() -> tuple[int, torch.Tensor]:
+        kept: dict[int, int] = {}
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            kept[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        x = (leaf * 1.0).to(torch.bfloat16)  # an activation: autocast caches casts of leaves only
+        hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
+        with hooks, torch.autocast("cpu", dtype=torch.bfloat16):
+            out = parts["unet"](x)
+        return sum(n == x.numel() * 2 for n in kept.values()), out.detach()
+
+    copies, out = run()
+    assert copies == 1
+    for module in parts["unet"].modules():  # peft's own behaviour, for the comparison
+        if hasattr(module, "cast_input_dtype_enabled"):
+            module.cast_input_dtype_enabled = True
+    peft_copies, peft_out = run()
+    assert torch.equal(out, peft_out)
+    assert peft_copies == (2 if name in ("lora", "adalora") else 1)

@@ -33,6 +33,7 @@ from selora.adapters._common import (
     adaptable_layers,
     copy_tensors,
     freeze,
+    keep_half_inputs,
     qualified,
     require_attached,
     seeded,
@@ -114,6 +115,7 @@ class AdaLoraAdapter(Adapter):
         freeze(self.parts)
         with seeded(self.seed):
             self.tuner = AdaLoraModel(nn.ModuleDict(self.parts), config, ADAPTER)
+        keep_half_inputs(self.tuner.model)
         self.layers = {(p, n): self.tuner.model.get_submodule(qualified(p, n))
                        for p, names in layers.items() for n in names}
         self.total_steps, self.tinit, self.tfinal = total_steps, tinit, tfinal

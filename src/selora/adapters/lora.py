@@ -25,6 +25,7 @@ from selora.adapters._common import (
     check_rank,
     copy_tensors,
     freeze,
+    keep_half_inputs,
     most_common,
     qualified,
     require_attached,
@@ -104,6 +105,7 @@ class LoraAdapter(Adapter):
         container = nn.ModuleDict(self.parts)
         with seeded(self.seed):
             LoraModel(container, config, ADAPTER)  # injects in place into the parts
+        keep_half_inputs(container)
         self.layers = {(p, n): container.get_submodule(qualified(p, n))
                        for p, names in layers.items() for n in names
                        if hasattr(container.get_submodule(qualified(p, n)), "lora_A")}
