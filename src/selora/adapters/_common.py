@@ -49,9 +49,10 @@ def anchored_any(names: Iterable[str], prefix: str = "") -> str:
 def keep_half_inputs(root: nn.Module) -> None:
     """Switch off peft's cast of each adapted layer's input to its adapter weights' dtype.
 
-    Under autocast that cast turns a half input (a previous layer's output) into an fp32 copy that
-    autocast's matmul casts straight back into a *second* half copy, kept for the backward beside
-    the base layer's: 146 MiB at SD 1.5's 224 px / batch 8 (benchmarks/README, GPU). SeLoRA's and
+    Under autocast that cast turns a half input (a previous op's output, which that op often keeps
+    for its own backward) into an fp32 copy that autocast's matmul casts straight back into a
+    *second* half copy, kept for the adapter's backward beside the first: 146 MiB at SD 1.5's
+    224 px / batch 8 (counted in benchmarks/README, "GPU"). SeLoRA's and
     DyLoRA's layers make no such copy, so without this the baselines' memory would not compare
     fairly. The values are the same (half → fp32 → half is exact); without autocast the engine's
     fp32 base already hands the layers inputs in the adapter weights' dtype, so nothing changes."""
