@@ -39,13 +39,14 @@ for m in lora adalora dylora selora none; do one "$m" & pids+=($!); done
 status=0
 for p in "${pids[@]}"; do wait "$p" || status=1; done
 echo "engine chains: $(( $(date +%s) - t0 )) s, status $status"
-"${PYTHON:-python3}" - "$res" "$logs" "$out/engine_cuda.json" "$device" "$precision" <<'EOF'
+"${PYTHON:-python3}" - "$res" "$logs" "$out/engine_cuda.json" "$device" "$precision" "$setup" <<'EOF'
 import json, sys
 from pathlib import Path
-res, logs, dest, device, precision = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), *sys.argv[4:]
+res, logs, dest = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
+device, precision, setup = sys.argv[4:]
 out = {"device": device, "mixed_precision": precision, "methods": {}, "failed_logs": {}}
 for m in ("lora", "adalora", "dylora", "selora", "none"):
-    run = res / "runs" / "synthetic-cxr-32" / m / "default" / "seed0"
+    run = res / "runs" / setup / m / "default" / "seed0"
     row = {}
     for name, keys in (("train/summary.json", ("steps", "best_epoch", "best_val_loss", "train_time_s",
                                                "steps_per_second", "memory_device", "memory_max_mb")),

@@ -148,6 +148,11 @@ class FisherProbe:
         return [self.d_a, self.d_bk[..., :r], self.d_bk[..., r]]
 
 
+def _autocast_casts(x: torch.Tensor) -> bool:
+    """Whether autocast will cast ``x`` for a matmul (it is on for x's device; fp64 it leaves alone)."""
+    return torch.is_autocast_enabled(x.device.type) and x.dtype != torch.float64
+
+
 def _as(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return t if t.dtype == dtype else t.to(dtype)  # skips the call overhead of a no-op .to()
 
@@ -174,12 +179,11 @@ class _ProbedLoRA(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, a, b, k, scale, probe):  # x [..., in] -> [..., out], computed as the plain path
         ctx.x_dtype = x.dtype
-        device = x.device.type
-        if torch.is_autocast_enabled(device) and x.dtype != torch.float64:
+        if _autocast_casts(x):
             # keep x as the plain path's F.linear does, in autocast's dtype: saving the fp32 x (or
             # SeLoraLinear's fp32 up-cast of a half x) doubled every layer's saved input, +5 % of a
             # step's activations on SD 1.5 (benchmarks/README, GPU)
-            x = x.to(torch.get_autocast_dtype(device))
+            x = x.to(torch.get_autocast_dtype(x.device.type))
         v = F.linear(x, a)  # [..., r]
         if scale != 1.0:
             v = v * scale
@@ -235,10 +239,8 @@ class SeLoraLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.base_layer(x)  # [..., out]
         a, b = self.lora_A, self.lora_B
-        if x.dtype == a.dtype or (torch.is_autocast_enabled(x.device.type) and x.dtype != torch.float64):
-            xa = x  # under autocast F.linear casts x itself: an fp32 copy would only be cast back
-        else:
-            xa = x.to(a.dtype)
+        # under autocast F.linear casts x itself: an fp32 copy would only be cast back
+        xa = x if x.dtype == a.dtype or _autocast_casts(x) else x.to(a.dtype)
         if self.probe is not None and torch.is_grad_enabled():
             y = _ProbedLoRA.apply(xa, a, b, self.candidate, self.scale, self.probe)
         else:
