@@ -102,7 +102,7 @@ def test_a_finished_run_is_not_trained_again(trained, prepared):
     assert again == summary and weights.stat().st_mtime_ns == before
 
 
-def test_sampling_is_deterministic_and_prompt_dependent(trained, prepared, tmp_path):
+def test_sampling_is_deterministic_and_prompt_dependent(trained, prepared, tmp_path, capfd):
     params, run, _ = trained["selora"]
     root = _run_root(params, run)
     a = sample(params, run, data_dir=prepared, progress=False)
@@ -110,7 +110,10 @@ def test_sampling_is_deterministic_and_prompt_dependent(trained, prepared, tmp_p
     import shutil
 
     shutil.rmtree(root / "samples")
+    capfd.readouterr()
     b = sample(params, run, data_dir=prepared, progress=False)
+    # `--quiet` (progress=False) reaches every loader, the adapter's too: no bars in a job's log.
+    assert "Loading" not in capfd.readouterr().err
     second = {p.name: p.read_bytes() for p in (root / "samples" / "images").glob("*.png")}
     assert a["n_images"] == b["n_images"] == 16 and first == second
     rows = [json.loads(x) for x in (root / "samples" / "manifest.jsonl").read_text().splitlines()]

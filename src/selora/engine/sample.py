@@ -27,7 +27,7 @@ import torch
 from tqdm import tqdm
 
 from selora.adapters.export import WEIGHT_NAME
-from selora.basemodel import load_pipeline
+from selora.basemodel import load_pipeline, loading_bars
 from selora.config import Params
 from selora.engine.train import resolve_device
 from selora.errors import DatasetFormatError, MissingWeightsError, SeloraError
@@ -71,7 +71,8 @@ def build_pipeline(params: Params, adapter_dir: Path | None, device: torch.devic
         dtype = torch.float16 if params.train.mixed_precision == "fp16" else torch.bfloat16
     pipe = load_pipeline(params, torch_dtype=dtype, progress=progress)
     if adapter_dir is not None:  # None: the untouched base model
-        pipe.load_lora_weights(str(adapter_dir))
+        with loading_bars(progress):  # peft's text-encoder load has its own bar
+            pipe.load_lora_weights(str(adapter_dir))
         # Merged into the base weights and the LoRA layers removed: the same images (to float
         # rounding, tested) with one matmul per layer instead of three; sampling the miniature's
         # 128 test prompts took 12.2 s unfused, 9.4 s fused (benchmarks/README).
