@@ -358,3 +358,22 @@ def test_make_rehearse_runs_the_paper_grid_into_every_table_then_does_nothing(tm
     assert second.returncode == 0, second.stderr[-3000:]
     assert "0 of 6 built" in second.stdout and "Nothing to be done" in second.stdout + second.stderr
     print(first.stdout.splitlines()[-1])
+
+
+@pytest.mark.parametrize("quiet", [True, False])
+def test_quiet_rehearsal_assets_builds_without_saving_bars(tmp_path, monkeypatch, capsys, quiet):
+    """`selora rehearsal-assets --quiet` prints nothing: the builders' save_pretrained calls run with
+    diffusers' and transformers' bars off (a fake build records the switches it runs under), and
+    they are on again afterwards."""
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
+
+    from selora.cli import main
+
+    seen = []
+    monkeypatch.setattr("selora.assets.rehearsal.build", lambda out, cache, say, sd15_variant: seen.append(
+        (dlog.is_progress_bar_enabled(), tlog.is_progress_bar_enabled())) or [])
+    assert main(["rehearsal-assets", "--out", str(tmp_path), *(["--quiet"] if quiet else [])]) == 0
+    assert seen == [(not quiet, not quiet)]
+    assert dlog.is_progress_bar_enabled() and tlog.is_progress_bar_enabled()
+    assert (capsys.readouterr().out == "") == quiet

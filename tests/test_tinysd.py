@@ -131,7 +131,7 @@ def test_generated_images_depend_on_the_caption(tiny_pipeline):
     assert gap["gap"] >= MIN_BACKGROUND_GAP, gap
 
 
-def test_pretraining_is_deterministic(tmp_path, synthetic_dirs, monkeypatch):
+def test_pretraining_is_deterministic(tmp_path, synthetic_dirs, monkeypatch, capfd):
     p = load_params(None, ["base_model.tiny.vae_steps=5", "base_model.tiny.unet_steps=5",
                            "base_model.tiny.batch_size=8", "base_model.tiny.vae_chroma_weight=3"])
     # The probe reads the trained weights after they are written, into the report compared here by
@@ -141,6 +141,8 @@ def test_pretraining_is_deterministic(tmp_path, synthetic_dirs, monkeypatch):
         pretrain_base(p, synthetic_dirs["natural"], None, tmp_path / name, progress=False)
         (tmp_path / name / "pretrain_report.json").unlink()  # holds wall times
     assert file_digest(tmp_path / "a") == file_digest(tmp_path / "b")
+    # progress=False (`--quiet`) reaches the save too: no bar in the job's log.
+    assert "Writing" not in capfd.readouterr().err
 
 
 def test_pretraining_runs_on_the_thread_count_the_params_name(tmp_path, synthetic_dirs, monkeypatch):

@@ -26,6 +26,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from selora import tinysd
+from selora.basemodel import loading_bars
 from selora.config import Params
 from selora.diffusion import prediction_target
 from selora.errors import DatasetFormatError
@@ -329,7 +330,8 @@ def pretrain_base(params: Params, natural_dir: str | Path, reports_dir: str | Pa
                        for name, m in (("vae", vae), ("unet", unet), ("text_encoder", text_encoder))},
     }
     with atomic_dir(out) as tmp:
-        pipe.save_pretrained(tmp, safe_serialization=True)
+        with loading_bars(progress):  # transformers draws a "Writing model shards" bar
+            pipe.save_pretrained(tmp, safe_serialization=True)
         save_grid(probe["images"], Path(tmp) / "colour_probe.png", cols=len(COLOUR_PROBES) * 2 // 2)
         write_json(Path(tmp) / REPORT, {**report, "provenance": prov.as_dict()})
     return report

@@ -29,9 +29,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from selora.assets.rehearsal import build
+    from selora.basemodel import loading_bars
 
-    built = build(Path(args.out), Path(args.cache) if args.cache else None,
-                  say=(lambda _line: None) if args.quiet else print, sd15_variant=args.sd15)
+    with loading_bars(not args.quiet):  # transformers' and diffusers' save_pretrained draw bars
+        built = build(Path(args.out), Path(args.cache) if args.cache else None,
+                      say=(lambda _line: None) if args.quiet else print, sd15_variant=args.sd15)
     if not args.quiet:
         n = sum(b.built for b in built)
         print(f"{n} of {len(built)} built ({sum(b.seconds for b in built):.1f} s); the rest were up to date")
