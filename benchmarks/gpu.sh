@@ -6,7 +6,8 @@
 #   2. benchmarks/train.py --sd15: steps/s and peak CUDA memory per method through the engine's step,
 #      and the engine vs a diffusers-example-style peft LoRA loop (paper Table 7's memory column);
 #   3. benchmarks/sd15.py --device cuda: every method interleaved on the same batches, SeLoRA's
-#      test-step cost and SeLoRA / LoRA time at equal ranks (Table 8), peak CUDA memory per step.
+#      test-step cost and SeLoRA / LoRA time at equal ranks (Table 8), peak CUDA memory per step,
+#      and a profile of one test step against a plain one (test_step_profile: host- or GPU-bound).
 # About 8 minutes of device time on an H100/H200-class GPU; each part has its own time limit.
 #   bash benchmarks/gpu.sh [OUT_DIR]       (default results/benchmarks/gpu)
 set -euo pipefail
@@ -22,5 +23,6 @@ fi
 timeout 150 $py benchmarks/train.py --sd15 --gpu-steps 20 --out "$out/train_sd15.json" \
     || echo "train.py --sd15 failed or timed out (rc $?)" | tee -a "$out/gpu.txt"
 timeout 150 $py benchmarks/sd15.py --device cuda --precision fp16 --latent 28 --batch-size 8 \
-    --rounds 6 --pairs 4 --threads 4 --skip engine sampling inception --out "$out/sd15.json" \
+    --rounds 6 --pairs 4 --threads 4 --skip engine sampling inception --profile \
+    --out "$out/sd15.json" \
     || echo "sd15.py --device cuda failed or timed out (rc $?)" | tee -a "$out/gpu.txt"

@@ -19,6 +19,8 @@ base serves all methods. Everything below runs in one process and one run:
    alternating; ``selora_test_step_cost_ratio`` = median test / plain. ``step_time_ratio_vs_lora``
    for SeLoRA is its interleaved plain-step total over LoRA's, times the amortised test cost
    ``1 + (cost − 1)/t`` at t = 40 (a whole 40-step period per method does not fit in 10 minutes).
+   With ``--profile``, one more test step and plain step run under ``torch.profiler``
+   (``test_step_profile``: host and device time per step, the ops that make the difference).
 3. *Peak memory*: around every counted step, freed heap goes back to the OS (``malloc_trim``) and
    the kernel's peak-RSS mark is reset (``/proc/self/clear_refs``); the step's peak is ``VmHWM``
    after it (benchmarks/adapters.py's reading, taken per step in this one process, where everything
@@ -321,6 +323,48 @@ def test_pairs(selora: Trainer, batches: list[Batch], pairs: int) -> list[dict[s
         for kind, step in (("test", test), ("plain", test + 1))[:: 1 if p % 2 == 0 else -1]:
             res[kind] = measured_step(partial(selora.step, step, batch))
         out.append(res)
+    return out
+
+
+def profile_test_step(selora: Trainer, batch: Batch, top: int = 15) -> dict[str, Any]:
+    """One SeLoRA test step and one plain step under ``torch.profiler``: where a test step's extra
+    time goes. Per step: wall seconds, the time the ops kept the host busy (the dispatcher and
+    Python) and, on CUDA, the kernels' device time; ``host_bound`` says whether the step waited on
+    the host (wall well above device time: many small kernels) rather than on the GPU. Then the
+    ``top`` ops by extra self time of the test step (device time on CUDA, host time on the CPU)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if DEVICE.type == "cuda" else [])
+    t = SELORA.test_interval
+    steps: dict[str, dict[str, Any]] = {}
+    for kind, step in (("test", 10 * t - 1), ("plain", 10 * t)):
+        gc.collect()
+        with profile(activities=acts) as prof:
+            res = measured_step(partial(selora.step, step, batch))
+        ops = prof.key_averages()
+        device = sum(getattr(e, "self_device_time_total", 0) for e in ops) / 1e6
+        steps[kind] = {
+            "s": round(res["s"], 4),
+            "host_op_s": round(sum(e.self_cpu_time_total for e in ops) / 1e6, 4),
+            "device_s": round(device, 4) if DEVICE.type == "cuda" else None,
+            "op_calls": sum(e.count for e in ops),
+            "_self": {e.key: (getattr(e, "self_device_time_total", 0) if DEVICE.type == "cuda"
+                              else e.self_cpu_time_total) / 1e3 for e in ops},
+            "_count": {e.key: e.count for e in ops},
+        }
+    test, plain = steps["test"], steps["plain"]
+    extra = sorted(((test["_self"][k] - plain["_self"].get(k, 0.0), k) for k in test["_self"]),
+                   reverse=True)[:top]
+    out: dict[str, Any] = {
+        kind: {k: v for k, v in st.items() if not k.startswith("_")} for kind, st in steps.items()
+    }
+    out["extra_ms_by_op"] = [
+        {"op": k, "extra_ms": round(d, 3), "test_calls": test["_count"][k],
+         "plain_calls": plain["_count"].get(k, 0)}
+        for d, k in extra
+    ]
+    if DEVICE.type == "cuda":
+        out["host_bound"] = {k: st["s"] > 1.2 * st["device_s"] for k, st in out.items() if k in steps}
     return out
 
 
@@ -811,6 +855,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     phase("interleaved")
     pairs = test_pairs(trainers["selora"], batches, args.pairs) if "selora" in trainers else []
     phase("test_pairs")
+    if args.profile:
+        result["test_step_profile"] = profile_test_step(trainers["selora"], batches[0])
+        phase("profile")
     result |= summarise_steps(rec, pairs)
     result["selora_ranks_after_tests_mean"] = (
         round(statistics.mean(layer.rank for layer in trainers["selora"].adapter.layers.values()), 3)
@@ -916,6 +963,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--device", default="cpu", help="cpu, or cuda (phases 1-4; the engine: train.py --sd15)")
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="autocast dtype")
     ap.add_argument("--tiny", action="store_true", help="SD 1.5's layout at toy widths (tests)")
+    ap.add_argument("--profile", action="store_true",
+                    help="also profile one SeLoRA test step and one plain step (test_step_profile)")
     args = ap.parse_args(argv)
     if not {"lora", "selora"} <= set(args.methods):
         ap.error("--methods must include lora and selora")

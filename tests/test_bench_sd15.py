@@ -141,9 +141,16 @@ def test_the_benchmark_writes_its_keys(tmp_path, one_torch_thread):
             "engine",
             "sampling",
             "inception",
+            "--profile",
         ]
     )
     res = json.loads(out.read_text())
+    prof = res["test_step_profile"]
+    assert prof["test"]["s"] > 0 and prof["plain"]["s"] > 0 and prof["test"]["device_s"] is None
+    # the test step's own backward is among the ops it adds; a plain step never runs it
+    added = {r["op"]: r for r in prof["extra_ms_by_op"]}
+    assert added["_ProbedLoRABackward"]["plain_calls"] == 0
+    assert added["_ProbedLoRABackward"]["test_calls"] == sd15.N_LINEAR["unet"] + sd15.N_LINEAR["text_encoder"]
     assert set(res["step_time_ratio_vs_lora"]) == {"selora", "lora_r4", "adalora", "dylora"}
     assert set(res["peak_memory_ratio_vs_lora"]) == set(res["step_time_ratio_vs_lora"])
     assert all(v > 0 and math.isfinite(v) for v in res["step_time_ratio_vs_lora"].values())
