@@ -856,7 +856,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     pairs = test_pairs(trainers["selora"], batches, args.pairs) if "selora" in trainers else []
     phase("test_pairs")
     if args.profile:
-        result["test_step_profile"] = profile_test_step(trainers["selora"], batches[0])
+        try:  # an extra: a profiler that cannot start (no CUPTI) must not cost the run's numbers
+            result["test_step_profile"] = profile_test_step(trainers["selora"], batches[0])
+        except Exception as exc:
+            result["test_step_profile"] = {"error": f"{type(exc).__name__}: {exc}"}
         phase("profile")
     result |= summarise_steps(rec, pairs)
     result["selora_ranks_after_tests_mean"] = (
