@@ -181,6 +181,18 @@ def test_adalora_orthogonal_regulariser_is_part_of_the_loss(runs, tiny_pipeline,
     extra = ada.extra_loss()
     assert extra.requires_grad
     assert extra.item() == pytest.approx(weight * torch.stack(hand).mean().item(), rel=1e-5)
+    # The batched norms are the per-matrix ones bit for bit, gradients included (the training path
+    # must not change with how the regulariser is computed).
+    factors = [w for layer in ada.layers.values() for w in (layer.lora_A["default"], layer.lora_B["default"])]
+    per_matrix = []
+    for layer in ada.layers.values():
+        a, b = layer.lora_A["default"], layer.lora_B["default"]
+        per_matrix += [torch.linalg.matrix_norm(c - torch.eye(c.shape[0]), ord="fro")
+                       for c in (a @ a.T, b.T @ b)]
+    reference = weight * torch.stack(per_matrix).mean()
+    assert torch.equal(extra, reference)
+    grads = torch.autograd.grad(extra, factors, retain_graph=True)
+    assert all(torch.equal(g, r) for g, r in zip(grads, torch.autograd.grad(reference, factors), strict=True))
     # It pulls the factors towards orthonormality during training (the diffusion loss alone does not).
     assert extra.item() < 0.8 * run.extra0
     extra.backward()

@@ -134,17 +134,28 @@ class AdaLoraAdapter(Adapter):
 
     # ---- hooks -------------------------------------------------------------------------------
     def extra_loss(self) -> torch.Tensor | None:
-        """orth_reg_weight · mean over all A and B of ‖P Pᵀ − I‖_F (AdaLoRA's regulariser, as peft)."""
+        """orth_reg_weight · mean over all A and B of ‖P Pᵀ − I‖_F (AdaLoRA's regulariser, as peft).
+
+        The Gram matrices are stacked and the identity and the norms taken once per shape (every
+        layer's, as they all start at init_rank): the same values and gradients, bit for bit, as a
+        norm per matrix, with 3 ops instead of 3 per layer (SD 1.5: 1,536 fewer each step, half the
+        regulariser's time; benchmarks/README)."""
         weight = self.cfg.orth_reg_weight
         if weight == 0:
             return None
-        terms = []
+        covs = []
         for layer in self.layers.values():
             a, b = layer.lora_A[ADAPTER], layer.lora_B[ADAPTER]  # [r, in], [out, r]
-            for cov in (a @ a.T, b.T @ b):  # [r, r]
-                eye = torch.eye(cov.shape[0], dtype=cov.dtype, device=cov.device)
-                terms.append(torch.linalg.matrix_norm(cov - eye, ord="fro"))
-        return weight * torch.stack(terms).mean()
+            covs += [a @ a.T, b.T @ b]  # [r, r] each
+        by_shape: dict[tuple[int, ...], list[torch.Tensor]] = {}
+        for cov in covs:
+            by_shape.setdefault(tuple(cov.shape), []).append(cov)
+        terms = []
+        for group in by_shape.values():
+            stacked = torch.stack(group)  # [G, r, r]
+            eye = torch.eye(stacked.shape[-1], dtype=stacked.dtype, device=stacked.device)
+            terms.append(torch.linalg.matrix_norm(stacked - eye, ord="fro"))  # [G]
+        return weight * torch.cat(terms).mean()
 
     def after_optimizer_step(self, step: int, optimizer: torch.optim.Optimizer) -> None:
         if self.init_rank == self.target_rank:
