@@ -609,4 +609,4 @@ def test_a_test_step_saves_no_more_activations_than_a_plain_step_under_autocast(
     tested = sum(saved_storages(layer, leaf, x_dtype).values())
     params = 4 * (layer.lora_A.numel() + layer.lora_B.numel() + k.numel())  # fp32, not bf16 casts
     assert tested <= plain + params, (tested, plain, leaf.numel() * 2)  # an extra x would add 32 kB
-    assert layer.probe.sq is not None and torch.isfinite(layer.probe.sq).all()
+    assert layer.probe.norms is not None and torch.isfinite(torch.stack(layer.probe.norms)).all()
