@@ -328,43 +328,47 @@ def test_pairs(selora: Trainer, batches: list[Batch], pairs: int) -> list[dict[s
 
 def profile_test_step(selora: Trainer, batch: Batch, top: int = 15) -> dict[str, Any]:
     """One SeLoRA test step and one plain step under ``torch.profiler``: where a test step's extra
-    time goes. Per step: wall seconds, the time the ops kept the host busy (the dispatcher and
-    Python) and, on CUDA, the kernels' device time; ``host_bound`` says whether the step waited on
-    the host (wall well above device time: many small kernels) rather than on the GPU. Then the
-    ``top`` ops by extra self time of the test step (device time on CUDA, host time on the CPU)."""
+    time goes. Per step: wall seconds, the host time the ops took (dispatch and Python), their calls
+    and, on CUDA, the kernels' device time (the device events only, as torch's own table sums it:
+    an op's row also carries its kernels' time); ``host_bound`` says whether the step waited on the
+    host (wall well above device time: many small kernels) rather than on the GPU. Then the ``top``
+    host ops by the test step's extra host time, with their extra device time on CUDA."""
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
-    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if DEVICE.type == "cuda" else [])
+    cuda = DEVICE.type == "cuda"
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     t = SELORA.test_interval
     steps: dict[str, dict[str, Any]] = {}
     for kind, step in (("test", 10 * t - 1), ("plain", 10 * t)):
         gc.collect()
         with profile(activities=acts) as prof:
             res = measured_step(partial(selora.step, step, batch))
-        ops = prof.key_averages()
-        device = sum(getattr(e, "self_device_time_total", 0) for e in ops) / 1e6
+        events = prof.key_averages()
+        host = [e for e in events if e.device_type == DeviceType.CPU]
+        device = sum(e.self_device_time_total for e in events if e.device_type != DeviceType.CPU) / 1e6
         steps[kind] = {
             "s": round(res["s"], 4),
-            "host_op_s": round(sum(e.self_cpu_time_total for e in ops) / 1e6, 4),
-            "device_s": round(device, 4) if DEVICE.type == "cuda" else None,
-            "op_calls": sum(e.count for e in ops),
-            "_self": {e.key: (getattr(e, "self_device_time_total", 0) if DEVICE.type == "cuda"
-                              else e.self_cpu_time_total) / 1e3 for e in ops},
-            "_count": {e.key: e.count for e in ops},
+            "host_op_s": round(sum(e.self_cpu_time_total for e in host) / 1e6, 4),
+            "device_s": round(device, 4) if cuda else None,
+            "op_calls": sum(e.count for e in host),
+            "_ops": {e.key: (e.self_cpu_time_total / 1e3, e.self_device_time_total / 1e3, e.count)
+                     for e in host},
         }
-    test, plain = steps["test"], steps["plain"]
-    extra = sorted(((test["_self"][k] - plain["_self"].get(k, 0.0), k) for k in test["_self"]),
-                   reverse=True)[:top]
+    test, plain = steps["test"]["_ops"], steps["plain"]["_ops"]
+    none = (0.0, 0.0, 0)
+    extra = sorted(test, key=lambda k: test[k][0] - plain.get(k, none)[0], reverse=True)[:top]
     out: dict[str, Any] = {
         kind: {k: v for k, v in st.items() if not k.startswith("_")} for kind, st in steps.items()
     }
     out["extra_ms_by_op"] = [
-        {"op": k, "extra_ms": round(d, 3), "test_calls": test["_count"][k],
-         "plain_calls": plain["_count"].get(k, 0)}
-        for d, k in extra
+        {"op": k, "extra_host_ms": round(test[k][0] - plain.get(k, none)[0], 3),
+         "extra_device_ms": round(test[k][1] - plain.get(k, none)[1], 3) if cuda else None,
+         "test_calls": test[k][2], "plain_calls": plain.get(k, none)[2]}
+        for k in extra
     ]
-    if DEVICE.type == "cuda":
-        out["host_bound"] = {k: st["s"] > 1.2 * st["device_s"] for k, st in out.items() if k in steps}
+    if cuda:
+        out["host_bound"] = {k: out[k]["s"] > 1.2 * out[k]["device_s"] for k in steps}
     return out
 
 
