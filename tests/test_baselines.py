@@ -250,6 +250,32 @@ def test_dylora_draws_one_rank_per_step_for_every_layer(tiny_pipeline, batch, mo
     assert len(set(draws)) > 1
 
 
+
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_dylora_frozen_gradients_survive_gradient_checkpointing(tiny_pipeline, batch, reentrant):
+    """Frozen mode zeroes the first b − 1 components' gradients in a hook on the sliced factors. Under
+    gradient checkpointing (the U-Net's; the text encoder's reentrant or not) the forward runs again
+    in the backward, and the gradients must still be those of a run without it: only component b."""
+    grads = {}
+    for ckpt in (False, True):
+        torch.manual_seed(0)  # the same B ≠ 0 in both runs
+        adapter, parts = _dylora(tiny_pipeline, "frozen")
+        if ckpt:
+            parts["unet"].enable_gradient_checkpointing()
+            parts["text_encoder"].gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": reentrant})
+        for m in parts.values():
+            m.train()
+        step = next(s for s in range(100) if adapter.draw(s) == adapter.rank)  # b = r: r − 1 frozen
+        adapter.before_forward(step)
+        diffusion_loss(tiny_pipeline, parts, batch).backward()
+        grads[ckpt] = [(layer.lora_A.grad, layer.lora_B.grad) for layer in adapter.layers.values()]
+    r = adapter.rank
+    for (a0, b0), (a1, b1) in zip(grads[False], grads[True], strict=True):
+        assert torch.allclose(a0, a1, atol=1e-7) and torch.allclose(b0, b1, atol=1e-7)
+        assert not a1[: r - 1].any() and not b1[:, : r - 1].any() and b1[:, r - 1].any()
+
+
 def test_dylora_evaluation_uses_the_full_rank(tiny_pipeline):
     adapter, parts = _dylora(tiny_pipeline, "frozen")
     step = next(s for s in range(100) if adapter.draw(s) < adapter.rank)
