@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -93,16 +94,15 @@ class DyLoraLinear(nn.Module):
         return f"rank={self.rank}, alpha={self.alpha}, frozen={self.frozen}"
 
 
-def _last_row_only(grad: torch.Tensor) -> torch.Tensor:  # [b, in]
+def _last_component_only(grad: torch.Tensor, dim: int) -> torch.Tensor:
+    """The gradient with every component but the last along ``dim`` (A's rows, B's columns) zeroed."""
     grad = grad.clone()
-    grad[:-1] = 0
+    grad.narrow(dim, 0, grad.shape[dim] - 1).zero_()
     return grad
 
 
-def _last_column_only(grad: torch.Tensor) -> torch.Tensor:  # [out, b]
-    grad = grad.clone()
-    grad[:, :-1] = 0
-    return grad
+_last_row_only = partial(_last_component_only, dim=0)  # A[:b]: [b, in]
+_last_column_only = partial(_last_component_only, dim=1)  # B[:, :b]: [out, b]
 
 
 @dataclass(frozen=True)
