@@ -23,7 +23,8 @@ from PIL import Image
 from selora.config import load_params
 from selora.imagefolder import read_manifest
 from selora.io import Provenance, write_json
-from selora.metrics.evaluate import evaluate_run, fit_setup
+from selora.metrics.evaluate import evaluate_run
+from selora.metrics.fit_reference import fit_setup
 from selora.synthetic import make_cxr
 
 SETUP = "synthetic-cxr-32"

@@ -451,7 +451,8 @@ def test_evaluation_refuses_a_reference_fitted_on_other_image_bytes(tmp_path):
     from selora.config import load_params
     from selora.errors import DatasetFormatError
     from selora.imagefolder import read_manifest
-    from selora.metrics.evaluate import evaluate_run, fit_setup
+    from selora.metrics.evaluate import evaluate_run
+    from selora.metrics.fit_reference import fit_setup
     from selora.synthetic import make_cxr
 
     params = load_params(None, [f"paths.results={tmp_path / 'results'}", "evaluate.reference_steps=20",

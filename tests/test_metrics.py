@@ -139,7 +139,7 @@ def test_inception_taps_give_torchmetrics_fid_with_antialias_off(tmp_path):
 def test_planned_feature_dims_are_the_widths_the_networks_tap():
     """What a report shows before any run is scored (feature_dims) is what scoring records."""
     from selora.errors import ConfigError
-    from selora.metrics.evaluate import feature_dims
+    from selora.metrics.fit_reference import feature_dims
     from selora.metrics.reference import ReferenceNet
 
     taps, _ = ReferenceNet(channels=1, classes=[2])(torch.rand(3, 1, 32, 32))

@@ -39,7 +39,7 @@ def cxr(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory, cxr, synthetic_dirs) -> dict:
     """The reference of ``cxr``, with a domain probe against the session's natural scenes."""
-    from selora.metrics.evaluate import fit_setup
+    from selora.metrics.fit_reference import fit_setup
 
     tmp = tmp_path_factory.mktemp("eval")
     natural = synthetic_dirs["natural"]
@@ -142,7 +142,7 @@ def test_reference_network_is_deterministic_for_a_seed(cxr):
 
 
 def test_a_reference_network_below_the_gate_is_refused(tmp_path, cxr):
-    from selora.metrics.evaluate import ReferenceGateError, fit_setup
+    from selora.metrics.fit_reference import ReferenceGateError, fit_setup
 
     params = load_params(
         None,
@@ -232,7 +232,7 @@ def test_domain_probe_tells_real_radiographs_from_natural_scenes(fitted, cxr):
 
 def test_an_absent_natural_set_fails_before_the_reference_trains(tmp_path, cxr):
     from selora.errors import DatasetFormatError
-    from selora.metrics.evaluate import fit_setup
+    from selora.metrics.fit_reference import fit_setup
 
     params = _params(tmp_path, "evaluate.reference_steps=1000000",  # would take hours if it trained
                      f"evaluate.natural_reference={tmp_path / 'natural'}")
@@ -416,7 +416,8 @@ def test_inception_feature_space_end_to_end(tmp_path):
     from test_metrics import _random_inception_weights
 
     from selora.errors import ConfigError
-    from selora.metrics.evaluate import evaluate_run, fit_setup
+    from selora.metrics.evaluate import evaluate_run
+    from selora.metrics.fit_reference import fit_setup
     from selora.synthetic import make_cxr
 
     data = tmp_path / "prepared" / SETUP

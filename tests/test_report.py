@@ -281,7 +281,7 @@ def test_mean_and_std_over_seeds_on_hand_made_numbers():
 
 # ----------------------------------------------------------------------------- tables
 def test_before_any_run_is_scored_tables_name_the_planned_feature_space():
-    from selora.metrics.evaluate import feature_dims
+    from selora.metrics.fit_reference import feature_dims
     from selora.report.collect import Collected
     from selora.report.header import feature_space_of
 

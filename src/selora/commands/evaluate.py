@@ -48,7 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from selora.engine.device import resolve_device
     from selora.errors import ConfigError
-    from selora.metrics.evaluate import evaluate_run, fit_setup
+    from selora.metrics.evaluate import evaluate_run
+    from selora.metrics.fit_reference import fit_setup
 
     params = load_params_from_args(args)
     device = str(resolve_device(args.device, "--device"))  # the one resolver training uses too

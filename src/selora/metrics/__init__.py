@@ -9,7 +9,8 @@ Modules:
 - :mod:`~selora.metrics.reference` the embedded default's reference network: FID/KID feature space
   and finding reader
 - :mod:`~selora.metrics.clip`      CLIP score with prompts truncated by the tokenizer (end token kept)
-- :mod:`~selora.metrics.evaluate`  ``selora evaluate``: fit a setup's reference, score one run
+- :mod:`~selora.metrics.fit_reference`  ``selora evaluate --fit-reference``: a setup's reference, fitted once
+- :mod:`~selora.metrics.evaluate`  ``selora evaluate --run-dir``: score one run against it
 
 Real-image features are computed once per setup and test split (``selora evaluate
 --fit-reference``) and reused by every run of that setup.

@@ -16,7 +16,7 @@ from selora.report.collect import Collected
 
 def planned_space(params: Params) -> dict[str, Any]:
     """The feature space params ask for, for tables over runs not evaluated yet."""
-    from selora.metrics.evaluate import feature_dims, feature_space
+    from selora.metrics.fit_reference import feature_dims, feature_space
 
     if feature_space(params) == "inception":
         return {

@@ -59,7 +59,8 @@ def bootstrap_setup(params: Params, col: Collected, results: Path, setup: str) -
     """Bootstrap every evaluated main-grid and no-adapter run of ``setup`` (default variant)."""
     from safetensors.torch import load_file
 
-    from selora.metrics.evaluate import REAL_FEATURES, load_run_features, load_run_findings
+    from selora.metrics.evaluate import load_run_features, load_run_findings
+    from selora.metrics.fit_reference import REAL_FEATURES
 
     st = params.experiment.statistics
     out = SetupBootstrap(setup, st.bootstrap_resamples, st.confidence)
