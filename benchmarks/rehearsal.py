@@ -27,8 +27,9 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS, ASSETS = ROOT / "results-rehearsal", ROOT / "rehearsal-assets"
 SNAKEMAKE = ["snakemake", "--rerun-incomplete",
              "--configfile", "params-paper.yaml", ".test/config-rehearsal.yaml"]
-PHASES = ("prepare", "train", "sample", "sample_no_adapter", "fit_reference", "evaluate",
-          "evaluate_no_adapter", "report")
+# Pipeline order (the embedded default's `make repro` adds the first two; the rehearsal has neither).
+PHASES = ("make_synthetic", "pretrain_base", "prepare", "train", "sample", "sample_no_adapter",
+          "fit_reference", "evaluate", "evaluate_no_adapter", "report")
 
 
 def timed(cmd: list[str]) -> tuple[float, str]:
