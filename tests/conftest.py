@@ -123,6 +123,19 @@ def synthetic_dirs(tmp_path_factory, small_params) -> dict[str, Path]:
     return {"natural": root / "natural", "cxr": root / "cxr"}
 
 
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> Path:
+    """A small prepared ``synthetic-cxr-32`` set: 56 train / 8 validation / 16 test images, one per
+    test module. Tests read it; one that needs other data copies it first."""
+    from selora.config import load_params
+    from selora.synthetic import make_cxr
+
+    out = tmp_path_factory.mktemp("prepared") / "synthetic-cxr-32"
+    p = load_params(None, ["synthetic.cxr.n_images=80", "synthetic.cxr.size=32"])
+    make_cxr(p.synthetic.cxr, out, seed=5, progress=False)
+    return out
+
+
 @pytest.fixture(scope="session")
 def tiny_base(tmp_path_factory, small_params, synthetic_dirs) -> dict:
     """A miniature SD pre-trained for a few minutes: {"path": folder, "report": dict}.

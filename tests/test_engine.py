@@ -23,7 +23,6 @@ from selora.engine import checkpoint
 from selora.engine.sample import sample
 from selora.engine.train import TrainingDiverged, train
 from selora.runlayout import RunId
-from selora.synthetic import make_cxr
 
 SETUP = "synthetic-cxr-32"
 DETERMINISTIC_LOGS = ("steps.csv", "validation.csv", "ranks.csv", "parameters.csv")
@@ -44,15 +43,6 @@ def engine_overrides(base_path: Path, results: Path) -> list[str]:
         "sample.steps=4",
         "sample.batch_size=8",
     ]
-
-
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory) -> Path:
-    """A small prepared set at the setup's 32 px: 56 train / 8 validation / 16 test images."""
-    out = tmp_path_factory.mktemp("prepared") / SETUP
-    p = load_params(None, ["synthetic.cxr.n_images=80", "synthetic.cxr.size=32"])
-    make_cxr(p.synthetic.cxr, out, seed=5, progress=False)
-    return out
 
 
 @pytest.fixture(scope="module")

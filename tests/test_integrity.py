@@ -233,17 +233,6 @@ def drop_outputs(train_dir: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def prepared(tmp_path_factory) -> Path:
-    from selora.config import load_params
-    from selora.synthetic import make_cxr
-
-    out = tmp_path_factory.mktemp("prepared") / SETUP
-    p = load_params(None, ["synthetic.cxr.n_images=80", "synthetic.cxr.size=32"])
-    make_cxr(p.synthetic.cxr, out, seed=5, progress=False)
-    return out
-
-
-@pytest.fixture(scope="module")
 def finished(tiny_base, prepared, tmp_path_factory) -> dict:
     """One finished LoRA run (2 epochs, 14 steps, a checkpoint every 3) and its output digests."""
     from selora.config import load_params
