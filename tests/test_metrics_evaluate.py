@@ -128,12 +128,21 @@ def test_the_real_vs_real_floor_lies_far_below_a_degraded_set(fitted, cxr):
         assert floor[role]["std"] > 0, role  # the draws differ
 
 
-def test_reference_network_is_deterministic_for_a_seed(cxr):
+def test_reference_network_fits_on_one_thread_and_is_deterministic_for_a_seed(cxr, monkeypatch):
     from selora.imagefolder import read_manifest
+    from selora.metrics import reference
     from selora.metrics.reference import fit_reference
 
     rows = read_manifest(cxr, ("train",))[:64]
-    a, _ = fit_reference("synthetic-cxr", 32, rows, [], steps=8, seed=3)
+    seen, load = [], reference._load
+    monkeypatch.setattr(reference, "_load", lambda *a: seen.append(torch.get_num_threads()) or load(*a))
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)  # the fit runs on one thread whatever the caller's count, and restores it
+        a, _ = fit_reference("synthetic-cxr", 32, rows, [], steps=8, seed=3)
+        assert seen == [1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
     b, _ = fit_reference("synthetic-cxr", 32, rows, [], steps=8, seed=3)
     c, _ = fit_reference("synthetic-cxr", 32, rows, [], steps=8, seed=4)
     sa, sb, sc = a.net.state_dict(), b.net.state_dict(), c.net.state_dict()

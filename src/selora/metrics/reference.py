@@ -258,6 +258,7 @@ def one_thread() -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+@one_thread()  # a contextmanager is also a decorator: every call runs inside the block
 def fit_reference(
     dataset: str,
     size: int,
@@ -269,19 +270,6 @@ def fit_reference(
 ) -> tuple[ReferenceModel, dict[str, Any]]:
     """Train on ``train`` rows (with ``path`` and ``labels``); keep the step with the best balanced
     validation accuracy (the last step when there is no validation split)."""
-    with one_thread():
-        return _fit(dataset, size, train, validation, steps, seed, schema)
-
-
-def _fit(
-    dataset: str,
-    size: int,
-    train: Sequence[Mapping[str, Any]],
-    validation: Sequence[Mapping[str, Any]],
-    steps: int,
-    seed: int,
-    schema: LabelSchema | None,
-) -> tuple[ReferenceModel, dict[str, Any]]:
     schema = schema if schema is not None else label_schema(dataset, train)
     if not schema:
         raise ValueError("no categorical labels to learn")
