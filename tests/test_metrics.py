@@ -68,6 +68,22 @@ def test_kid_is_about_zero_for_identical_sets_and_positive_for_different_ones():
     assert small["kid_subset_size"] == 30
 
 
+def test_fid_and_kid_are_the_same_bits_on_any_thread_count():
+    """`dvc repro` gives a stage every core, Snakemake's evaluate rule one: the scores must not move.
+    Unpinned, two threads moved this FID in its tenth digit (128 x 176 features, as the embedded default)."""
+    real, fake = _features(128, 176, 4), _features(128, 176, 5, scale=1.1) + 0.2
+    before = torch.get_num_threads()
+    scores = []
+    try:
+        for threads in (1, 2, 4):
+            torch.set_num_threads(threads)
+            scores.append((frechet.fid(real, fake), frechet.kid(real, fake, subsets=10, subset_size=100)))
+            assert torch.get_num_threads() == threads  # the caller's count comes back
+    finally:
+        torch.set_num_threads(before)
+    assert scores[0] == scores[1] == scores[2]
+
+
 def test_fewer_than_two_feature_rows_is_a_clear_error():
     from selora.metrics.samples import SampleError
 

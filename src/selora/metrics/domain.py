@@ -30,8 +30,9 @@ import torch
 
 from selora.errors import DatasetFormatError
 from selora.imagefolder import read_manifest
+from selora.metrics import one_thread
 from selora.metrics.frechet import TAP_ROLES
-from selora.metrics.reference import ReferenceModel, one_thread
+from selora.metrics.reference import ReferenceModel
 from selora.synthetic.cxr import RADIOGRAPH_CAPTIONS
 
 PROBE_FILE = "domain_probe.safetensors"

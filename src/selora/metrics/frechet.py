@@ -13,6 +13,7 @@ import warnings
 import torch
 from torch import nn
 
+from selora.metrics import one_thread
 from selora.metrics.samples import SampleError
 
 # The three FID taps every feature space provides, final / middle / low (Inception: 2048 / 192 / 64,
@@ -43,8 +44,10 @@ def _check(real: torch.Tensor, fake: torch.Tensor) -> None:
             raise SampleError(f"{name} features contain NaN/inf (blank or corrupt images?)")
 
 
+@one_thread()  # torchmetrics' matrix square root rounds differently on two threads (~1e-10 relative)
 def fid(real: torch.Tensor, fake: torch.Tensor) -> float:
-    """Fréchet distance between Gaussians fitted to real [N, d] and generated [M, d] features."""
+    """Fréchet distance between Gaussians fitted to real [N, d] and generated [M, d] features; the
+    same bits whatever torch's thread count (`dvc repro` runs a stage on every core, Snakemake on one)."""
     from torchmetrics.image.fid import FrechetInceptionDistance
 
     _check(real, fake)
@@ -55,6 +58,7 @@ def fid(real: torch.Tensor, fake: torch.Tensor) -> float:
     return float(metric.compute())
 
 
+@one_thread()
 def kid(
     real: torch.Tensor, fake: torch.Tensor, subsets: int, subset_size: int, seed: int = 0
 ) -> dict[str, float | int]:

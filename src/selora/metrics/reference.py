@@ -16,10 +16,9 @@ real test split. Training is seeded and takes seconds on two CPU cores at 32 px.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from selora.metrics import one_thread
 from selora.metrics.samples import load_images
 
 WIDTHS = (16, 32, 64)
@@ -241,21 +241,6 @@ def _load(paths: Sequence[str | Path], channels: int, size: int) -> torch.Tensor
 def _is_grayscale(paths: Sequence[str | Path]) -> bool:
     rgb = load_images(list(paths[:32]) if len(paths) >= 2 else list(paths) * 2, mode="RGB")
     return bool((rgb[:, 0] == rgb[:, 1]).all() and (rgb[:, 1] == rgb[:, 2]).all())
-
-
-@contextlib.contextmanager
-def one_thread() -> Iterator[None]:
-    """Run torch single-threaded for the block, then restore the thread count.
-
-    For the small networks and matrices of evaluation: they gain nothing from threads, two OpenMP
-    threads on busy shared cores ran 5-8x slower here (small eigen-decompositions up to 50x), and a
-    fixed thread count keeps the result identical on every machine (CPU reductions depend on it)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 @one_thread()  # a contextmanager is also a decorator: every call runs inside the block

@@ -34,7 +34,7 @@ import numpy as np
 import scipy.stats
 import torch
 
-from selora.metrics.reference import one_thread  # small eigen-problems: 50x faster on one thread
+from selora.metrics import one_thread  # small eigen-problems: 50x faster on one thread
 
 
 @dataclass(frozen=True)
