@@ -292,7 +292,7 @@ def test_tables_from_placeholder_inputs_say_their_numbers_are_meaningless(tmp_pa
 
 
 def test_rehearsal_sizes_stand_in_for_the_papers_tables(rehearsal, paper):
-    from selora.report.tables import paper_counterpart
+    from selora.report.labels import paper_counterpart
 
     got = {s: paper_counterpart(rehearsal, s) for s in rehearsal.experiment.setups}
     assert {s: (c.table, c.size, c.exact) for s, c in got.items()} == {

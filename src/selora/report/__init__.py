@@ -53,7 +53,7 @@ def _summary_frames(col: Collected) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def _index(params: Params, col: Collected, tables: list[str], figures: list[Path]) -> str:
-    from selora.report.tables import GENERATED_NOTE, paper_counterpart
+    from selora.report.labels import GENERATED_NOTE, paper_counterpart
 
     lines = ["# Results index", "", "## Tables", ""]
     for name in tables:

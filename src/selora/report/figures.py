@@ -26,8 +26,8 @@ from PIL import Image
 
 from selora.config import Params
 from selora.report.collect import Collected
+from selora.report.labels import PART_LABEL, method_label
 from selora.report.rankmap import final_ranks, rank_matrix
-from selora.report.tables import PART_LABEL, method_label
 from selora.runlayout import DEFAULT_VARIANT, NO_ADAPTER
 
 DPI = 120

@@ -23,7 +23,7 @@ from selora.config import Params
 from selora.report.aggregate import cell, mean_std
 from selora.report.collect import Collected
 from selora.report.header import feature_space_of
-from selora.report.tables import GENERATED_NOTE, hms, paper_counterpart
+from selora.report.labels import GENERATED_NOTE, hms, paper_counterpart
 from selora.runlayout import DEFAULT_VARIANT, variant_name
 
 
