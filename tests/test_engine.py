@@ -134,6 +134,32 @@ def test_sampling_is_deterministic_and_prompt_dependent(trained, prepared, tmp_p
     assert np.abs(out - ref).max() < 1e-4
 
 
+def test_sampling_runs_on_the_thread_count_the_params_name(tiny_base, prepared, tmp_path, monkeypatch):
+    """The workflow passes each job's count as `train.threads`; `dvc repro` starts a stage with the
+    host's cores, so sampling must set it itself (it read only Snakemake's OMP_NUM_THREADS)."""
+    from selora.engine import sample as sample_module
+
+    seen: list[int] = []
+
+    def stop(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        raise RuntimeError("stop before drawing")
+
+    monkeypatch.setattr(sample_module, "build_pipeline", stop)
+    base = engine_overrides(tiny_base["path"], tmp_path / "results")
+    run = RunId(SETUP, "none", "default", 0)  # the base model's run: no adapter to train first
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(3 - threads)  # the other count: the params, not the caller, decide
+            params = load_params(None, [*base, f"train.threads={threads}"])
+            with pytest.raises(RuntimeError, match="stop before drawing"):
+                sample(params, run, data_dir=prepared, progress=False)
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [1, 2]
+
+
 def test_rescaled_guidance_reaches_the_sampler_and_redraws_the_samples(trained, prepared, tmp_path):
     """`sample.guidance_rescale` is handed to the pipeline and is part of what the samples are
     reused for: at guidance 3 another rescale draws other images (and a changed value draws them

@@ -233,7 +233,10 @@ class TrainConfig:
         "same ranks, so the seeds vary only the data order, the noise and the timesteps: how much of a "
         "method's spread is its initialisation (benchmarks/README, \"Where LoRA's spread comes from\").",
         default=None)
-    threads: int | None = param(minimum=1, default=None)
+    threads: int | None = param(
+        "torch threads of `selora train` and `selora sample`. null: torch's default (the host's cores, "
+        "or OMP_NUM_THREADS). The workflow passes each job's own count (`--set train.threads=N`, 1 on "
+        "the CPU), so Snakemake and `dvc repro` run both phases alike.", minimum=1, default=None)
 
 
 @dataclass(frozen=True)
