@@ -120,7 +120,7 @@ def sample(params: Params, run: RunId, *, data_dir: str | Path | None = None,
     prov = Provenance("sample", params.raw)
     scfg = params.sample
     device = resolve_device(params.train.device)
-    if params.train.threads:  # as training: the job's thread count, not the host's, whichever runner starts it
+    if params.train.threads:  # as training: the job's thread count, whichever runner starts it
         torch.set_num_threads(params.train.threads)
     tests = [r for r in read_manifest(data_dir) if r["split"] == "test"]
     if not tests:
