@@ -28,7 +28,7 @@ ENV = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "PYTHONPATH": str(RO
 
 FAST = "test_readme.py::test_readme_commands_run_verbatim_on_a_fresh_clone"
 README_COMMANDS = {
-    "make test": "CI: .ci/run (its only command)",
+    "make test": "CI: .ci/run (then `make lint`: ruff and snakemake --lint)",
     "make repro": "not in a test: the full embedded pipeline (≈ 15 min on 2 cores) via Snakemake; "
                   "test_workflow.py runs the same Snakefile on a reduced grid, and `dvc repro` of the "
                   "full default runs in test_readme.py::test_dvc_repro_on_a_fresh_clone (slow)",
