@@ -244,7 +244,6 @@ def test_dylora_draws_one_rank_per_step_for_every_layer(tiny_pipeline, batch, mo
     assert len(set(draws)) > 1
 
 
-
 @pytest.mark.parametrize("reentrant", [False, True])
 def test_dylora_frozen_gradients_survive_gradient_checkpointing(tiny_pipeline, batch, reentrant):
     """Frozen mode zeroes the first b − 1 components' gradients in a hook on the sliced factors. Under
