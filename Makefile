@@ -59,7 +59,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	mkdir -p results/benchmarks
-	for b in benchmarks/*.py; do $(BIN)/python $$b --out results/benchmarks/$$(basename $$b .py).json || exit 1; done
+	for b in benchmarks/[!_]*.py; do $(BIN)/python $$b --out results/benchmarks/$$(basename $$b .py).json || exit 1; done
 
 clean-results:
 	rm -rf results/runs results/tables results/figures
