@@ -29,6 +29,7 @@ from selora import tinysd
 from selora.basemodel import loading_bars
 from selora.config import Params
 from selora.diffusion import prediction_target
+from selora.engine.device import use_threads
 from selora.errors import DatasetFormatError
 from selora.imagefolder import read_manifest
 from selora.io import Provenance, atomic_dir, write_json
@@ -270,8 +271,7 @@ def pretrain_base(params: Params, natural_dir: str | Path, reports_dir: str | Pa
     """Run phases 1–5 and write the pipeline folder to ``out``; returns the report."""
     cfg = params.base_model.tiny
     prov = Provenance("pretrain-base", params.raw)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    use_threads(cfg.threads)
     torch.manual_seed(params.seed)
     gen = torch.Generator().manual_seed(params.seed)
     train_rows, test_rows = _natural_splits(natural_dir, cfg.batch_size)

@@ -1,5 +1,5 @@
-"""Which device a phase runs on, resolved in one place for training, sampling and evaluation, and
-how much memory it holds (the ``memory.csv`` log)."""
+"""Which device a phase runs on and on how many threads, resolved in one place for pre-training,
+training, sampling and evaluation, and how much memory it holds (the ``memory.csv`` log)."""
 
 from __future__ import annotations
 
@@ -24,6 +24,14 @@ def resolve_device(name: str, setting: str = "train.device") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"{setting} is {name!r} but CUDA is not available on this machine")
     return device
+
+
+def use_threads(threads: int | None) -> None:
+    """Run torch on the params' thread count; ``None`` keeps torch's default. Set by the phase itself
+    because runners differ: Snakemake exports a rule's ``threads`` as OMP_NUM_THREADS, ``dvc repro``
+    starts every stage with the host's cores, and CPU results depend on the count."""
+    if threads:
+        torch.set_num_threads(threads)
 
 
 def memory_mb(device: torch.device) -> float:

@@ -29,7 +29,7 @@ from tqdm import tqdm
 from selora.adapters.export import WEIGHT_NAME
 from selora.basemodel import load_pipeline, loading_bars
 from selora.config import Params
-from selora.engine.train import resolve_device
+from selora.engine.device import resolve_device, use_threads
 from selora.errors import DatasetFormatError, MissingWeightsError, SeloraError
 from selora.imagefolder import read_manifest
 from selora.io import (
@@ -120,8 +120,7 @@ def sample(params: Params, run: RunId, *, data_dir: str | Path | None = None,
     prov = Provenance("sample", params.raw)
     scfg = params.sample
     device = resolve_device(params.train.device)
-    if params.train.threads:  # as training: the job's thread count, whichever runner starts it
-        torch.set_num_threads(params.train.threads)
+    use_threads(params.train.threads)  # as training: the job's count, whichever runner starts it
     tests = [r for r in read_manifest(data_dir) if r["split"] == "test"]
     if not tests:
         raise DatasetFormatError(f"{data_dir}: no test split to sample prompts from")

@@ -38,7 +38,7 @@ from selora.adapters.base import Adapter
 from selora.basemodel import load_pipeline
 from selora.config import Params, Setup, TrainConfig
 from selora.engine.data import batches_per_epoch, encode_rows, validation_draws
-from selora.engine.device import resolve_device
+from selora.engine.device import resolve_device, use_threads
 from selora.engine.loop import Data, Model, TrainingDiverged, run_epochs, validation_loss
 from selora.engine.publish import finished_summary, publish, summarise
 from selora.engine.state import Target, TrainState, resume_point
@@ -49,7 +49,7 @@ from selora.runlayout import RunId
 
 FUSED_ADAM = ("cpu", "cuda")  # devices with torch's fused Adam kernel
 
-__all__ = ["TrainingDiverged", "resolve_device", "train"]  # resolve_device: selora.engine.sample's
+__all__ = ["TrainingDiverged", "train"]
 
 
 def train(params: Params, run: RunId, *, data_dir: str | Path | None = None,
@@ -109,8 +109,7 @@ def train(params: Params, run: RunId, *, data_dir: str | Path | None = None,
 def set_up_torch(tcfg: TrainConfig, seed: int) -> tuple[torch.device, torch.autocast]:
     """The device, torch's threads and global seed, and the autocast of ``train.mixed_precision``."""
     device = resolve_device(tcfg.device)
-    if tcfg.threads:
-        torch.set_num_threads(tcfg.threads)
+    use_threads(tcfg.threads)
     torch.manual_seed(seed)
     amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(tcfg.mixed_precision)
     return device, torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
