@@ -57,6 +57,8 @@ def measure(seed: int, threads: int, small: list[str], folder: Path) -> dict[str
         "caption_loss_ratio": report["matched_caption_loss"] / report["shuffled_caption_loss"],
         "background_read": report["caption_probe"]["background"],
         "colour_read": report["caption_probe"]["colour"],  # reported, not bounded
+        "shape_read": report["caption_probe"]["shape"],  # reported, not bounded
+        "position_read": report["caption_probe"]["position"],
         "background_gap": background_gap(pipe, n=8, seed=0)["gap"],
     }
 

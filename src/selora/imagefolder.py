@@ -9,6 +9,7 @@ diffusers' own training scripts read it as is)::
       validation/metadata.jsonl   (absent when the protocol has no validation split)
       test/metadata.jsonl
       data_report.json / .md      counts, prompt lengths, every skipped record and why
+      <split>/objects.jsonl       only where images have boxes (the natural set): see write_objects
 
 Images are RGB PNGs, written once so training never decodes raw data again. The whole folder is
 built in a temporary sibling and renamed into place, so an interrupted run leaves no half set.
@@ -20,7 +21,7 @@ import hashlib
 import json
 import os
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -167,3 +168,33 @@ def file_digest(root: str | Path) -> str:
 def load_json(path: str | Path) -> Any:
     with Path(path).open(encoding="utf-8") as f:
         return json.load(f)
+
+
+OBJECTS = "objects.jsonl"
+
+
+def write_objects(root: str | Path, objects: Mapping[str, list[dict[str, Any]]]) -> None:
+    """Write ``{"<split>/<file_name>": [{"phrase", "box"}, ...]}`` as one ``objects.jsonl`` per split.
+
+    Each image's objects with their caption phrase and box (x0, y0, x1, y1 in [0, 1] image
+    coordinates), as grounding data sets annotate: beside the manifest, as COCO's annotation files
+    are, not in it: inside ``metadata.jsonl`` a split holding only images without boxes would get
+    another column type than the others, and Hugging Face's imagefolder refuses that (it ignores
+    this file)."""
+    by_split: dict[str, list[dict[str, Any]]] = {}
+    for key, objs in objects.items():
+        split, file_name = key.split("/", 1)
+        by_split.setdefault(split, []).append({"file_name": file_name, "objects": objs})
+    for split, rows in by_split.items():
+        write_jsonl(Path(root) / split / OBJECTS, rows)
+
+
+def with_objects(root: str | Path, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Manifest rows (:func:`selora.imagefolder.read_manifest`) with their ``objects`` from the
+    split's ``objects.jsonl``; a row that file does not list (or a split without one) gets none."""
+    found: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for split in {r["split"] for r in rows}:
+        path = Path(root) / split / OBJECTS
+        if path.is_file():
+            found.update(((split, r["file_name"]), r["objects"]) for r in read_jsonl(path))
+    return [{**r, "objects": found.get((r["split"], r["file_name"]), [])} for r in rows]

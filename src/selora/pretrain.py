@@ -8,7 +8,9 @@ SD 1.5 → chest X-rays is. Phases:
 3. Tokenizer: CLIP-style BPE learnt from the captions (and the CXR reports' words, as SD's
    vocabulary covers everyday and medical English; their embeddings stay untrained here).
 4. Text encoder + U-Net, jointly, on the v-prediction MSE of a zero-terminal-SNR schedule (SD 1.5
-   predicts ε; see ``train_denoiser``) with 10 % empty captions so classifier-free guidance works.
+   predicts ε; see ``train_denoiser``) with 10 % empty captions so classifier-free guidance works,
+   plus a grounding loss that puts each phrase's cross-attention on its object's box
+   (:mod:`selora.grounding`).
 5. Save the ``StableDiffusionPipeline`` folder atomically, with a report: VAE PSNR on held-out
    images, denoising loss with matched vs. shuffled captions, and a colour test on generated images.
 """
@@ -16,6 +18,7 @@ SD 1.5 → chest X-rays is. Phases:
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +34,14 @@ from selora.config import Params
 from selora.diffusion import prediction_target
 from selora.engine.device import use_threads
 from selora.errors import DatasetFormatError
-from selora.imagefolder import read_manifest
+from selora.grounding import (
+    GroundingTargets,
+    attention_sides,
+    grounding_loss,
+    grounding_targets,
+    recording_cross_attention,
+)
+from selora.imagefolder import OBJECTS, read_manifest, with_objects
 from selora.io import Provenance, atomic_dir, write_json
 from selora.metrics.samples import colour_cast
 from selora.probes import caption_probe
@@ -162,8 +172,10 @@ def denoise_loss(unet, text_encoder, scheduler, latents: torch.Tensor, ids: torc
 def train_denoiser(unet, text_encoder, scheduler, mean: torch.Tensor, std: torch.Tensor,
                    scaling: float, ids: torch.Tensor, empty_ids: torch.Tensor, steps: int, lr: float,
                    batch_size: int, caption_dropout: float, gen: torch.Generator,
-                   progress: bool, snr_gamma: float | None = None, offset_noise: float = 0.0) -> list[float]:
-    """Denoising training (ε or v, as the scheduler says) of U-Net and text encoder together.
+                   progress: bool, snr_gamma: float | None = None, offset_noise: float = 0.0,
+                   grounding: GroundingTargets | None = None) -> tuple[list[float], list[float]]:
+    """Denoising training (ε or v, as the scheduler says) of U-Net and text encoder together;
+    returns the denoising and the grounding loss of every step.
 
     The miniature's scheduler ends at zero SNR (``base_model.tiny.zero_terminal_snr``): SD 1.5's
     noisiest latent still holds √ᾱ_T ≈ 7 % of the image, and on 8×8 latents that residue shows the
@@ -171,35 +183,48 @@ def train_denoiser(unet, text_encoder, scheduler, mean: torch.Tensor, std: torch
     instead of the caption; sampling starts from pure noise, and every sample came out mid-grey with
     its objects wherever the noise put them. ``offset_noise`` (Guttenberg 2023), a random
     per-(image, channel) constant in the noise, is the older fix for the background alone.
+
+    With ``grounding``, each step adds ``grounding.weight`` × the token loss of the cross-attention
+    maps (:func:`selora.grounding.grounding_loss`) for the captions that were not dropped.
     """
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2, fused=True)  # one kernel for all tensors
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(steps, 1), pct_start=0.05)
     losses: list[float] = []
+    ground_losses: list[float] = []
     batches = _batches(len(mean), min(batch_size, len(mean)), gen)
     T = scheduler.config.num_train_timesteps
     unet.train()
     text_encoder.train()
-    for _ in tqdm(range(steps), desc="pretrain U-Net + text encoder", disable=not progress):
-        idx = next(batches)
-        latents = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=gen)) * scaling
-        batch_ids = ids[idx].clone()
-        drop = torch.rand(len(idx), generator=gen) < caption_dropout
-        batch_ids[drop] = empty_ids
-        noise = torch.randn(latents.shape, generator=gen)  # [B, C, h, w]
-        if offset_noise:
-            noise = noise + offset_noise * torch.randn((*latents.shape[:2], 1, 1), generator=gen)
-        t = torch.randint(0, T, (len(idx),), generator=gen)
-        loss = denoise_loss(unet, text_encoder, scheduler, latents, batch_ids, noise, t, snr_gamma)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=True)
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
+    recording = recording_cross_attention(unet) if grounding is not None else nullcontext()
+    with recording as recorder:
+        for _ in tqdm(range(steps), desc="pretrain U-Net + text encoder", disable=not progress):
+            idx = next(batches)
+            latents = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=gen)) * scaling
+            batch_ids = ids[idx].clone()
+            drop = torch.rand(len(idx), generator=gen) < caption_dropout
+            batch_ids[drop] = empty_ids
+            noise = torch.randn(latents.shape, generator=gen)  # [B, C, h, w]
+            if offset_noise:
+                noise = noise + offset_noise * torch.randn((*latents.shape[:2], 1, 1), generator=gen)
+            t = torch.randint(0, T, (len(idx),), generator=gen)
+            if recorder is not None:
+                recorder.maps = []  # this step's cross-attention maps, one [B, HW, L] per layer
+            loss = denoise_loss(unet, text_encoder, scheduler, latents, batch_ids, noise, t, snr_gamma)
+            ground = torch.zeros(())
+            if grounding is not None:
+                weights, masks = grounding.batch(idx, ~drop, ids.shape[1])
+                ground = grounding.weight * grounding_loss(recorder.maps, weights, masks)
+            opt.zero_grad(set_to_none=True)
+            (loss + ground).backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=True)
+            opt.step()
+            sched.step()
+            losses.append(loss.item())
+            ground_losses.append(ground.item())
     unet.eval()
     text_encoder.eval()
-    return losses
+    return losses, ground_losses
 
 
 @torch.no_grad()
@@ -275,6 +300,14 @@ def pretrain_base(params: Params, natural_dir: str | Path, reports_dir: str | Pa
     torch.manual_seed(params.seed)
     gen = torch.Generator().manual_seed(params.seed)
     train_rows, test_rows = _natural_splits(natural_dir, cfg.batch_size)
+    train_rows = with_objects(natural_dir, train_rows)
+    if cfg.grounding_weight and not any(r["objects"] for r in train_rows):
+        raise DatasetFormatError(
+            f"{natural_dir}: no training image has its objects' phrases and boxes (train/{OBJECTS}), "
+            "which base_model.tiny.grounding_weight > 0 needs; rebuild the set with "
+            "this version's `selora make-synthetic` (snakemake --forcerun make_synthetic) or set "
+            "base_model.tiny.grounding_weight: 0"
+        )
     train_x = load_images(train_rows, cfg.image_size)
     test_x = load_images(test_rows, cfg.image_size)
     corpus = [r["text"] for r in train_rows]
@@ -303,9 +336,13 @@ def pretrain_base(params: Params, natural_dir: str | Path, reports_dir: str | Pa
     scheduler = tinysd.noise_scheduler(cfg)
     ids = tokenize(tokenizer, [r["text"] for r in train_rows])
     empty_ids = tokenize(tokenizer, [""])[0]
-    unet_losses = train_denoiser(unet, text_encoder, scheduler, mean, std, scaling, ids, empty_ids,
-                                 cfg.unet_steps, cfg.unet_lr, cfg.batch_size, cfg.caption_dropout,
-                                 gen, progress, cfg.snr_gamma, cfg.offset_noise)
+    grounding = None
+    if cfg.grounding_weight:
+        sides = attention_sides(mean.shape[-1], len(cfg.unet_channels))
+        grounding = grounding_targets(tokenizer, train_rows, sides, cfg.grounding_weight)
+    unet_losses, ground_losses = train_denoiser(
+        unet, text_encoder, scheduler, mean, std, scaling, ids, empty_ids, cfg.unet_steps, cfg.unet_lr,
+        cfg.batch_size, cfg.caption_dropout, gen, progress, cfg.snr_gamma, cfg.offset_noise, grounding)
     test_mean, _ = encode(vae, test_x)
     gap = caption_gap(unet, text_encoder, scheduler, test_mean * scaling,
                       tokenize(tokenizer, [r["text"] for r in test_rows]), params.seed)
@@ -324,6 +361,7 @@ def pretrain_base(params: Params, natural_dir: str | Path, reports_dir: str | Pa
         "caption_probe": caption_probe(pipe, seed=params.seed),
         "vae_final_loss": float(np.mean(vae_losses[-20:])) if vae_losses else None,
         "unet_final_loss": float(np.mean(unet_losses[-50:])) if unet_losses else None,
+        "grounding": _grounding_report(grounding, ground_losses),
         "n_train": len(train_rows),
         "n_heldout": len(test_rows),
         "parameters": {name: sum(p.numel() for p in m.parameters())
@@ -338,6 +376,15 @@ def pretrain_base(params: Params, natural_dir: str | Path, reports_dir: str | Pa
 
 
 Rows = list[dict[str, Any]]
+
+
+def _grounding_report(grounding: GroundingTargets | None, losses: list[float]) -> dict[str, Any]:
+    """The grounding weight, how many training captions had boxes (and why the others had none),
+    and the final unweighted grounding loss (1 = every phrase's attention outside its box)."""
+    if grounding is None:
+        return {"weight": 0.0}
+    final = float(np.mean(losses[-50:])) / grounding.weight if losses else None
+    return {"weight": grounding.weight, **grounding.counts, "final_loss": final}
 
 
 def _natural_splits(natural_dir: str | Path, batch_size: int) -> tuple[Rows, Rows]:

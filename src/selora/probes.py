@@ -40,7 +40,7 @@ def probe_scenes(n: int, size: int, seed: int) -> tuple[np.ndarray, list[dict[st
     while len(images) < n:
         rng = np.random.default_rng([seed, _PROBE_SET_ID, i])
         i += 1
-        image, caption, lab = render_scene(rng, size)
+        image, caption, lab, _ = render_scene(rng, size)
         if " and " in caption or lab["colour"] not in PROBE_COLOURS:
             continue
         phrase = _phrase(lab)

@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from selora.config import CxrConfig, NaturalConfig
 from selora.findings import finding_priors
-from selora.imagefolder import image_folder
+from selora.imagefolder import image_folder, write_objects
 from selora.splits import assign_splits
 from selora.synthetic.cxr import RADIOGRAPH_CAPTIONS, render_cxr, sample_findings, write_report
 from selora.synthetic.natural import SCENE_LABELS, render_scene
@@ -33,8 +33,11 @@ def is_radiograph(index: int, share: float) -> bool:
 
 def make_natural(cfg: NaturalConfig, out: str | Path, seed: int, progress: bool = True) -> dict[str, int]:
     """Write the captioned scenes (and the generic radiographs, ``cfg.radiographs`` of them) the
-    miniature is pre-trained on; returns counts per split."""
+    miniature is pre-trained on, and beside each split's manifest the phrases and boxes of every
+    image's objects (none for a radiograph; :func:`selora.imagefolder.write_objects`); returns counts
+    per split."""
     splits = assign_splits(cfg.n_images, cfg.splits.as_dict(), seed)
+    objects_of: dict[str, list[dict]] = {}
     with image_folder(out) as writer:
         for i in tqdm(range(cfg.n_images), desc="natural scenes", disable=not progress):
             if is_radiograph(i, cfg.radiographs):
@@ -43,13 +46,15 @@ def make_natural(cfg: NaturalConfig, out: str | Path, seed: int, progress: bool 
                 caption = RADIOGRAPH_CAPTIONS[rng.integers(len(RADIOGRAPH_CAPTIONS))]
                 # The same label keys as a scene's (one schema for Hugging Face's imagefolder).
                 labels = {"kind": "radiograph", **dict.fromkeys(SCENE_LABELS, "none")}
-                source = f"radiograph-{i:06d}"
+                source, objects = f"radiograph-{i:06d}", []
             else:
-                image, caption, labels = render_scene(_rng(seed, "natural", i), cfg.size)
+                image, caption, labels, objects = render_scene(_rng(seed, "natural", i), cfg.size)
                 labels = {"kind": "scene", **labels}
                 source = f"natural-{i:06d}"
-            writer.add(image, split=splits[i], text=caption, source_id=source, labels=labels,
-                       stem=f"{i:06d}")
+            name = writer.add(image, split=splits[i], text=caption, source_id=source, labels=labels,
+                              stem=f"{i:06d}")
+            objects_of[f"{splits[i]}/{name}"] = objects
+        write_objects(writer.root, objects_of)
         return writer.counts()
 
 

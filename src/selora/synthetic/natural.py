@@ -6,6 +6,10 @@ names what is drawn ("a large red circle in the upper left on a gray background"
 (left/right/upper/lower, small/large) are shared with the radiology reports of the synthetic CXR
 set, as everyday English is shared between SD 1.5's training captions and real reports. Grey
 scenes and stripes are included so the VAE learns to code textures, not only flat colours.
+
+Every object comes with its phrase and bounding box (``objects`` in the manifest), as grounding
+data sets pair a caption's phrases with boxes: pre-training uses them to teach the miniature's
+cross-attention where each phrase is drawn (:mod:`selora.grounding`).
 """
 
 from __future__ import annotations
@@ -70,6 +74,15 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: 
         raise ValueError(shape)
 
 
+def _shape_box(shape: str, cx: float, cy: float, r: float) -> tuple[float, float, float, float]:
+    """The box (x0, y0, x1, y1) :func:`_draw_shape` fills, in the same units."""
+    if shape == "bar":
+        return cx - r * 1.3, cy - r * 0.4, cx + r * 1.3, cy + r * 0.4
+    if shape == "triangle":
+        return cx - r, cy - r, cx + r, cy + r * 0.8
+    return cx - r, cy - r, cx + r, cy + r
+
+
 def _background(rng: np.random.Generator, size: int) -> tuple[Image.Image, str, str]:
     name = list(BACKGROUNDS)[rng.integers(len(BACKGROUNDS))]
     base = np.array(BACKGROUNDS[name], dtype=np.float32)
@@ -94,15 +107,16 @@ def _visible_colours(background: str) -> list[str]:
     return [c for c, rgb in COLOURS.items() if np.abs(np.array(rgb) - bg).sum() > 120]
 
 
-def render_scene(rng: np.random.Generator, size: int) -> tuple[Image.Image, str, dict]:
-    """One scene, its caption, and the structured labels of its first object."""
+def render_scene(rng: np.random.Generator, size: int) -> tuple[Image.Image, str, dict, list[dict]]:
+    """One scene, its caption, the structured labels of its first object, and every object's
+    phrase with its box in [0, 1] image coordinates (``{"phrase", "box": [x0, y0, x1, y1]}``)."""
     big = size * SS
     img, bg_caption, bg_name = _background(rng, big)
     colours = _visible_colours(bg_name)
     draw = ImageDraw.Draw(img)
     n_objects = 1 if rng.random() < 0.7 else 2
     positions = rng.choice(list(POSITIONS), size=n_objects, replace=False)
-    phrases, labels = [], {}
+    phrases, labels, objects = [], {}, []
     for i, pos in enumerate(positions):
         shape = SHAPES[rng.integers(len(SHAPES))]
         colour = colours[rng.integers(len(colours))]
@@ -110,9 +124,11 @@ def render_scene(rng: np.random.Generator, size: int) -> tuple[Image.Image, str,
         cx, cy = POSITIONS[pos]
         jitter = rng.normal(0, 0.03, size=2)
         r = SIZES[size_name] * (1 + rng.normal(0, 0.08))
-        _draw_shape(draw, shape, (cx + jitter[0]) * big, (cy + jitter[1]) * big, r * big,
-                    COLOURS[colour], width=SS)
+        cx, cy = cx + jitter[0], cy + jitter[1]
+        _draw_shape(draw, shape, cx * big, cy * big, r * big, COLOURS[colour], width=SS)
         phrases.append(f"a {size_name} {colour} {shape} {PREPOSITION[pos]} {pos}")
+        box = [float(np.clip(v, 0.0, 1.0)) for v in _shape_box(shape, cx, cy, r)]
+        objects.append({"phrase": phrases[-1], "box": [round(v, 4) for v in box]})
         if i == 0:
             labels = {"shape": shape, "colour": colour, "size": size_name, "position": str(pos)}
     caption = " and ".join(phrases) + f" {bg_caption}"
@@ -120,4 +136,4 @@ def render_scene(rng: np.random.Generator, size: int) -> tuple[Image.Image, str,
     if rng.random() < 0.2:  # some soft images, so the VAE sees blur as well as edges
         img = img.filter(ImageFilter.GaussianBlur(radius=0.6))
     arr = np.asarray(img, dtype=np.float32) + rng.normal(0, 3.0, size=(size, size, 3))
-    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)), caption, labels
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)), caption, labels, objects
