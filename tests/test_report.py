@@ -215,7 +215,7 @@ def _write_samples_and_metrics(folder: Path, run: RunId, real_images: list[Path]
 
 
 def _make_results(root: Path) -> tuple:
-    params = load_params(None, [f"paths.results={root / 'results'}"])
+    params = load_params(None, [f"paths.results={root / 'results'}", f"paths.models={root / 'models'}"])
     reals = []
     for i in range(3):
         path = root / "prepared" / "test" / f"{i:06d}.png"
@@ -336,6 +336,24 @@ def test_quality_table_states_its_configuration_and_aggregates_seeds(built):
     agg = pd.read_csv(res / "tables" / "aggregate.csv")
     row = agg[(agg.method == "lora") & (agg.variant == "default")].iloc[0]
     assert row.fid_mean == 11.0 and row.fid_std == 1.0 and row.fid_n == 3
+
+
+def test_the_base_model_line_says_what_the_miniature_reads_of_its_captions(results):
+    from selora.basemodel import PRETRAIN_REPORT, tiny_path
+    from selora.report import build_report
+
+    params, res = results
+    build_report(params)
+    assert "caption probe" not in _read(res, f"quality_{SETUP}.md")  # not pre-trained here: no line
+    probe = {"n": 64, "colour": 1.0, "shape": 0.578, "position": 0.969, "background": 1.0,
+             "chance": {"colour": 0.25, "shape": 0.2, "position": 1 / 9, "background": 1 / 6}}
+    tiny_path(params).mkdir(parents=True)
+    (tiny_path(params) / PRETRAIN_REPORT).write_text(json.dumps({"caption_probe": probe}))
+    build_report(params)
+    line = next(x for x in _read(res, f"quality_{SETUP}.md").splitlines() if "**Base model**" in x)
+    assert ("caption probe on 64 held-out scenes names the true word from its own denoising loss: colour "
+            "1.00 (chance 0.25), shape 0.58 (chance 0.20), position 0.97 (chance 0.11), background 1.00 "
+            "(chance 0.17)") in line
 
 
 def test_the_sampling_line_names_a_rescaled_guidance_only_where_it_acts():

@@ -20,6 +20,9 @@ TINY_DIRNAME = "tiny-sd"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
+PRETRAIN_REPORT = "pretrain_report.json"  # beside the miniature's pipeline folder (selora.pretrain)
+
+
 def tiny_path(params: Params) -> Path:
     return Path(params.paths.models) / TINY_DIRNAME
 

@@ -29,7 +29,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from selora import tinysd
-from selora.basemodel import loading_bars
+from selora.basemodel import PRETRAIN_REPORT, loading_bars
 from selora.config import Params
 from selora.diffusion import prediction_target
 from selora.engine.device import use_threads
@@ -46,7 +46,7 @@ from selora.io import Provenance, atomic_dir, write_json
 from selora.metrics.samples import colour_cast
 from selora.probes import caption_probe
 
-REPORT = "pretrain_report.json"
+REPORT = PRETRAIN_REPORT
 LOGVAR = -12.0  # pinned posterior log-variance of the tiny VAE (std ≈ 0.0025)
 COLOUR_PROBES = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 70, 220),
                  "yellow": (235, 215, 40)}

@@ -16,6 +16,7 @@ rule report:
         features=run_paths("features.safetensors") + [f"{r}/features.safetensors" for r in NO_ADAPTER_RUNS],
         summaries=run_paths("train/summary.json"),
         references=expand(f"{RESULTS}/reference/{{setup}}", setup=P.experiment.setups),
+        base=[f"{MODELS}/tiny-sd"] if P.base_model.name == "tiny" else [],  # its caption probe, in the headers
     output:
         tables=report(
             directory(f"{RESULTS}/tables"),

@@ -69,6 +69,7 @@ class Collected:
     runs: pd.DataFrame
     logs: dict[str, pd.DataFrame] = field(default_factory=dict)
     metrics: dict[RunId, dict[str, Any]] = field(default_factory=dict)
+    base_report: dict[str, Any] | None = None  # the miniature's pretrain_report.json (base_model: tiny)
 
     def missing(self, need: str = "metrics") -> pd.DataFrame:
         """Runs without ``metrics.json`` (need="metrics") or without training logs (need="train")."""
@@ -206,4 +207,13 @@ def collect(params: Params, results: str | Path | None = None) -> Collected:
         rows.append(row)
     runs = pd.DataFrame(rows)
     frames = {k: pd.concat(v, ignore_index=True) for k, v in logs.items() if v}
-    return Collected(runs, frames, metrics)
+    return Collected(runs, frames, metrics, _base_report(params))
+
+
+def _base_report(params: Params) -> dict[str, Any] | None:
+    """The embedded miniature's pre-training report, where the base model is the miniature and it
+    has been pre-trained: what its caption probe reads is every table's starting point."""
+    from selora.basemodel import PRETRAIN_REPORT, tiny_path
+
+    path = tiny_path(params) / PRETRAIN_REPORT
+    return _read_json(path) if params.base_model.name == "tiny" and path.is_file() else None

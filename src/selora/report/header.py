@@ -84,6 +84,7 @@ def config_block(
     )
     if params.base_model.name == "tiny":
         base += " (the embedded miniature Stable Diffusion, pre-trained by `selora pretrain-base`)"
+        base += _caption_probe_text(col.base_report)
     space = feature_space_of(col, setup, params)
     fs = space.get("label", "?")
     if space.get("name") == "reference" and space.get("reference_real_test"):
@@ -113,6 +114,17 @@ def config_block(
         *([_sampler_line(params)] if need == "has_metrics" else []),  # not in the training tables
         "- Cells: mean ± sample std (ddof 1) over seeds; `⚠ n=k/N` = only k of N configured seeds present.",
     ]
+
+
+def _caption_probe_text(report: dict[str, Any] | None) -> str:
+    """What the miniature reads of its captions before any adapter (selora.probes.caption_probe)."""
+    probe = (report or {}).get("caption_probe")
+    if not probe:
+        return ""
+    attributes = [a for a in ("colour", "shape", "position", "background") if a in probe]
+    reads = ", ".join(f"{a} {probe[a]:.2f} (chance {probe['chance'][a]:.2f})" for a in attributes)
+    return (f"; its caption probe on {probe['n']} held-out scenes names the true word from its own "
+            f"denoising loss: {reads}")
 
 
 def _floor_lines(space: dict[str, Any]) -> list[str]:
