@@ -8,7 +8,8 @@ cross-attention must learn, and the natural set knows where every object is. A t
 grounding loss on the cross-attention maps (Wang et al. 2024, "TokenCompose", CVPR: their
 L_token) teaches it directly: for every word of an object's phrase, the share of its attention
 mass that falls outside the object's box, squared, averaged over words and cross-attention layers.
-SD 1.5 learnt the same binding from billions of captioned images; the miniature has 32,000.
+SD 1.5 learnt the same binding from billions of captioned images; the miniature sees 32,000
+captions (2,000 steps of 16).
 
 The boxes travel beside each split's manifest (:func:`selora.imagefolder.write_objects`). Rows
 without boxes (the generic radiographs; a natural set without them) get the denoising loss only;
