@@ -7,9 +7,9 @@ names what is drawn ("a large red circle in the upper left on a gray background"
 set, as everyday English is shared between SD 1.5's training captions and real reports. Grey
 scenes and stripes are included so the VAE learns to code textures, not only flat colours.
 
-Every object comes with its phrase and bounding box (``objects`` in the manifest), as grounding
-data sets pair a caption's phrases with boxes: pre-training uses them to teach the miniature's
-cross-attention where each phrase is drawn (:mod:`selora.grounding`).
+Every object comes with its phrase and bounding box (``objects.jsonl`` beside the manifest), as
+grounding data sets pair a caption's phrases with boxes: pre-training uses them to teach the
+miniature's cross-attention where each phrase is drawn (:mod:`selora.grounding`).
 """
 
 from __future__ import annotations
