@@ -106,13 +106,12 @@ def test_vae_codes_the_fine_tuning_domain(tiny_base):
 def test_the_denoiser_reads_its_captions(tiny_base):
     """Statistical, on held-out scenes with paired noise (selora.probes.caption_probe).
 
-    Measured with zero terminal SNR (v-loss) and grounded cross-attention (benchmarks/margins.py):
-    loss ratio 0.23 / 0.16 / 0.21 (seed 0 at 2 threads, seeds 1 and 2 at 1 thread; 0.35–0.40 with
-    offset noise and ε, 0.77 with neither), background read 1.00 / 0.98 / 1.00 (0.59 with neither)
-    against the bounds 0.8 and 0.6. The colour, shape and position reads (0.52–0.86, 0.20–0.39,
-    0.77–0.95) are reported, not bounded: position binds near the end of this miniature's 1,200
-    steps, and seed 0 at CI's one thread read 0.19 — a marginal property of a 1,200-step miniature
-    is what made CI flaky.
+    Measured with zero terminal SNR (v-loss) and grounded cross-attention (benchmarks/margins.py,
+    seven (seed, threads) pairs): loss ratio 0.14–0.28 (0.35–0.40 with offset noise and ε, 0.77
+    with neither), background read 0.98–1.00 (0.59 with neither) against the bounds 0.8 and 0.6.
+    The colour, shape and position reads (0.52–0.86, 0.20–0.39, 0.19–0.97) are reported, not
+    bounded: position binds near the end of this miniature's 1,200 steps (seed 0 at CI's one thread
+    and at four read 0.19) — a marginal property of a 1,200-step miniature is what made CI flaky.
     """
     report = tiny_base["report"]
     ratio = report["matched_caption_loss"] / report["shuffled_caption_loss"]
@@ -125,9 +124,10 @@ def test_the_denoiser_reads_its_captions(tiny_base):
 def test_generated_images_depend_on_the_caption(tiny_pipeline):
     """Samples asked for a white background are brighter than for a black one, from the same noise.
 
-    Measured with zero terminal SNR: gap 0.71 (seed 0, 2 threads), 0.71 / 0.70 (seeds 1 / 2,
-    1 thread); 0.71–0.76 with offset noise; 0.18 with neither, the state in which a colour test of
-    samples flipped between machines. Bound 0.3.
+    Measured with zero terminal SNR and grounded cross-attention: gap 0.56–0.73 over seven (seed,
+    threads) pairs (benchmarks/README, "Grounded cross-attention"); 0.70–0.71 ungrounded, 0.71–0.76
+    with offset noise; 0.18 with neither, the state in which a colour test of samples flipped
+    between machines. Bound 0.3.
     """
     gap = background_gap(tiny_pipeline, n=8, seed=0)
     assert gap["gap"] >= MIN_BACKGROUND_GAP, gap
