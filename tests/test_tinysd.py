@@ -107,7 +107,7 @@ def test_the_denoiser_reads_its_captions(tiny_base):
     """Statistical, on held-out scenes with paired noise (selora.probes.caption_probe).
 
     Measured with zero terminal SNR (v-loss) and grounded cross-attention (benchmarks/margins.py,
-    seven (seed, threads) pairs): loss ratio 0.14–0.28 (0.35–0.40 with offset noise and ε, 0.77
+    nine (seed, threads) pairs): loss ratio 0.14–0.28 (0.35–0.40 with offset noise and ε, 0.77
     with neither), background read 0.98–1.00 (0.59 with neither) against the bounds 0.8 and 0.6.
     The colour, shape and position reads (0.52–0.86, 0.20–0.39, 0.19–0.97) are reported, not
     bounded: position binds near the end of this miniature's 1,200 steps (seed 0 at CI's one thread
@@ -124,7 +124,7 @@ def test_the_denoiser_reads_its_captions(tiny_base):
 def test_generated_images_depend_on_the_caption(tiny_pipeline):
     """Samples asked for a white background are brighter than for a black one, from the same noise.
 
-    Measured with zero terminal SNR and grounded cross-attention: gap 0.56–0.73 over seven (seed,
+    Measured with zero terminal SNR and grounded cross-attention: gap 0.56–0.73 over nine (seed,
     threads) pairs (benchmarks/README, "Grounded cross-attention"); 0.70–0.71 ungrounded, 0.71–0.76
     with offset noise; 0.18 with neither, the state in which a colour test of samples flipped
     between machines. Bound 0.3.
