@@ -17,11 +17,15 @@ help:
 	@echo "make lint   - ruff + snakemake --lint"
 	@echo "make bench  - the benchmarks in benchmarks/ (writes results/benchmarks/*.json)"
 
-# Re-installs when the pinned list or the package metadata changes.
+# Re-installs when the pinned list or the package metadata changes. uv installs the list in about
+# half pip's time (it unpacks and compiles on every core; benchmarks/README, "The install's share")
+# under the index settings pip has here (src/selora/uvinstall.py). uv is the installer, not a
+# dependency of the package: pinned here, as pip is the venv's own.
+UV_PIN := uv==0.13.8
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -r requirements.txt
+	$(BIN)/python -m pip install --quiet --upgrade pip $(UV_PIN)
+	PYTHONPATH=src $(BIN)/python -m selora.uvinstall --quiet -r requirements.txt
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
