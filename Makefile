@@ -18,9 +18,9 @@ help:
 	@echo "make bench  - the benchmarks in benchmarks/ (writes results/benchmarks/*.json)"
 
 # Re-installs when the pinned list or the package metadata changes. uv installs the list in about
-# half pip's time (it unpacks and compiles on every core; benchmarks/README, "The install's share")
-# under the index settings pip has here (src/selora/uvinstall.py). uv is the installer, not a
-# dependency of the package: pinned here, as pip is the venv's own.
+# half pip's time, under the index settings pip has here (src/selora/uvinstall.py; benchmarks/README,
+# "uv installs it in half the time"). uv is the installer, not a dependency of the package: pinned
+# here, as pip is the venv's own.
 UV_PIN := uv==0.13.8
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

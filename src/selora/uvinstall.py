@@ -3,13 +3,13 @@
     PYTHONPATH=src .venv/bin/python -m selora.uvinstall --quiet -r requirements.txt
 
 Why uv: it unpacks the wheels and compiles their bytecode on every core, where pip does both one
-file after another; the pinned list (torch's CUDA build and its libraries, 6.5 GB unpacked) installs
-in about half pip's time (benchmarks/README, "The install's share"). Why this module: uv reads no
-pip configuration, and a cluster's or a laptop's package mirror is usually set up for pip
-(``pip.conf``, ``PIP_*`` variables). The settings pip would use are read from ``pip config list``
-and handed to uv as its own options, and uv is told to pick among all indexes as pip does
-(``--index-strategy unsafe-best-match``). Standard library only: it runs before the package's
-dependencies are installed.
+file after another; the pinned list (torch's CUDA build and its libraries, 6.5 GB unpacked)
+installs in about half pip's time (benchmarks/README, "uv installs it in half the time"). Why this
+module: uv reads no pip configuration, and a cluster's or a laptop's package mirror is usually set
+up for pip (``pip.conf``, ``PIP_*`` variables). The settings pip would use are read from ``pip
+config list`` and handed to uv as its own options, and uv is told to pick among all indexes as pip
+does (``--index-strategy unsafe-best-match``). Standard library only: it runs before the
+package's dependencies are installed.
 """
 
 from __future__ import annotations
