@@ -347,6 +347,8 @@ def test_the_base_model_line_says_what_the_miniature_reads_of_its_captions(resul
     assert "caption probe" not in _read(res, f"quality_{SETUP}.md")  # not pre-trained here: no line
     probe = {"n": 64, "colour": 1.0, "shape": 0.578, "position": 0.969, "background": 1.0,
              "chance": {"colour": 0.25, "shape": 0.2, "position": 1 / 9, "background": 1 / 6}}
+    drawn = {"n": 64, "colour": 0.828, "shape": 0.234, "position": 0.984,
+             "reader": {"colour": 0.984, "shape": 0.984, "position": 1.0}}
     tiny_path(params).mkdir(parents=True)
     (tiny_path(params) / PRETRAIN_REPORT).write_text(json.dumps({"caption_probe": probe}))
     build_report(params)
@@ -354,6 +356,14 @@ def test_the_base_model_line_says_what_the_miniature_reads_of_its_captions(resul
     assert ("caption probe on 64 held-out scenes names the true word from its own denoising loss: colour "
             "1.00 (chance 0.25), shape 0.58 (chance 0.20), position 0.97 (chance 0.11), background 1.00 "
             "(chance 0.17)") in line
+    assert "images it draws" not in line  # a report from before the sample probe: no such clause
+    (tiny_path(params) / PRETRAIN_REPORT).write_text(
+        json.dumps({"caption_probe": probe, "sample_probe": drawn}))
+    build_report(params)
+    line = next(x for x in _read(res, f"quality_{SETUP}.md").splitlines() if "**Base model**" in x)
+    assert ("in the images it draws for 64 held-out captions (selora.probes.sample_probe) the object has "
+            "the named colour 0.83, shape 0.23 and position 0.98 (read off the real scenes: 0.98 / 0.98 / "
+            "1.00)") in line
 
 
 def test_the_sampling_line_names_a_rescaled_guidance_only_where_it_acts():

@@ -17,7 +17,7 @@ from selora.config import load_params
 from selora.errors import ConfigError, MissingWeightsError
 from selora.imagefolder import file_digest, read_manifest
 from selora.pretrain import REPORT, encode, load_images, pretrain_base, psnr
-from selora.probes import background_gap, caption_probe
+from selora.probes import background_gap, caption_probe, sample_probe
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -139,6 +139,7 @@ def test_pretraining_is_deterministic(tmp_path, synthetic_dirs, monkeypatch, cap
     # The probe reads the trained weights after they are written, into the report compared here by
     # no one: at its full size (64 scenes × 4 draws) it was 36 of this test's 46 s.
     monkeypatch.setattr("selora.pretrain.caption_probe", partial(caption_probe, n=4, draws=1))
+    monkeypatch.setattr("selora.pretrain.sample_probe", partial(sample_probe, n=4))
     for name in ("a", "b"):
         pretrain_base(p, synthetic_dirs["natural"], None, tmp_path / name, progress=False)
         (tmp_path / name / "pretrain_report.json").unlink()  # holds wall times
@@ -156,6 +157,7 @@ def test_pretraining_runs_on_the_thread_count_the_params_name(tmp_path, syntheti
     p = load_params(None, ["base_model.tiny.vae_steps=2", "base_model.tiny.unet_steps=2",
                            "base_model.tiny.batch_size=8", "base_model.tiny.threads=2"])
     monkeypatch.setattr("selora.pretrain.caption_probe", partial(caption_probe, n=4, draws=1))
+    monkeypatch.setattr("selora.pretrain.sample_probe", partial(sample_probe, n=4))
     before = torch.get_num_threads()
     torch.set_num_threads(1)  # the process says 1
     try:

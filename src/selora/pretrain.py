@@ -44,7 +44,7 @@ from selora.grounding import (
 from selora.imagefolder import OBJECTS, read_manifest, with_objects
 from selora.io import Provenance, atomic_dir, write_json
 from selora.metrics.samples import colour_cast
-from selora.probes import caption_probe
+from selora.probes import caption_probe, sample_probe
 
 REPORT = PRETRAIN_REPORT
 LOGVAR = -12.0  # pinned posterior log-variance of the tiny VAE (std ≈ 0.0025)
@@ -359,6 +359,10 @@ def pretrain_base(params: Params, natural_dir: str | Path, reports_dir: str | Pa
         "colour_probe_accuracy": probe["accuracy"],
         "colour_probe_mean_rgb": probe["mean_rgb"],
         "caption_probe": caption_probe(pipe, seed=params.seed),
+        # what it draws for held-out captions, sampled as the grid samples (DDIM, params.sample)
+        "sample_probe": sample_probe(pipe, seed=params.seed, steps=params.sample.steps,
+                                     guidance_scale=params.sample.guidance_scale,
+                                     guidance_rescale=params.sample.guidance_rescale),
         "vae_final_loss": float(np.mean(vae_losses[-20:])) if vae_losses else None,
         "unet_final_loss": float(np.mean(unet_losses[-50:])) if unet_losses else None,
         "grounding": _grounding_report(grounding, ground_losses),

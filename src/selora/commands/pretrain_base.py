@@ -34,5 +34,7 @@ def run(args: argparse.Namespace) -> int:
           f"loss matched/shuffled captions {report['matched_caption_loss']:.4f}/"
           f"{report['shuffled_caption_loss']:.4f}, colour probe {report['colour_probe_accuracy']:.0%}, "
           f"caption probe colour/shape/position {report['caption_probe']['colour']:.0%}/"
-          f"{report['caption_probe']['shape']:.0%}/{report['caption_probe']['position']:.0%}")
+          f"{report['caption_probe']['shape']:.0%}/{report['caption_probe']['position']:.0%}, "
+          f"sample probe {report['sample_probe']['colour']:.0%}/{report['sample_probe']['shape']:.0%}/"
+          f"{report['sample_probe']['position']:.0%}")
     return 0

@@ -123,8 +123,16 @@ def _caption_probe_text(report: dict[str, Any] | None) -> str:
         return ""
     attributes = [a for a in ("colour", "shape", "position", "background") if a in probe]
     reads = ", ".join(f"{a} {probe[a]:.2f} (chance {probe['chance'][a]:.2f})" for a in attributes)
-    return (f"; its caption probe on {probe['n']} held-out scenes names the true word from its own "
+    text = (f"; its caption probe on {probe['n']} held-out scenes names the true word from its own "
             f"denoising loss: {reads}")
+    drawn = (report or {}).get("sample_probe")
+    if drawn:
+        text += (f"; in the images it draws for {drawn['n']} held-out captions (selora.probes."
+                 f"sample_probe) the object has the named colour {drawn['colour']:.2f}, shape "
+                 f"{drawn['shape']:.2f} and position {drawn['position']:.2f} (read off the real scenes: "
+                 f"{drawn['reader']['colour']:.2f} / {drawn['reader']['shape']:.2f} / "
+                 f"{drawn['reader']['position']:.2f})")
+    return text
 
 
 def _floor_lines(space: dict[str, Any]) -> list[str]:

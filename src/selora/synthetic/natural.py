@@ -57,7 +57,7 @@ PREPOSITION = {"upper left": "in the", "upper right": "in the", "lower left": "i
                "left": "on the", "right": "on the"}
 
 
-def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float,
+def draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float,
                 colour: tuple[int, int, int], width: int) -> None:
     box = [cx - r, cy - r, cx + r, cy + r]
     if shape == "circle":
@@ -75,7 +75,7 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: 
 
 
 def _shape_box(shape: str, cx: float, cy: float, r: float) -> tuple[float, float, float, float]:
-    """The box (x0, y0, x1, y1) :func:`_draw_shape` fills, in the same units."""
+    """The box (x0, y0, x1, y1) :func:`draw_shape` fills, in the same units."""
     if shape == "bar":
         return cx - r * 1.3, cy - r * 0.4, cx + r * 1.3, cy + r * 0.4
     if shape == "triangle":
@@ -125,7 +125,7 @@ def render_scene(rng: np.random.Generator, size: int) -> tuple[Image.Image, str,
         jitter = rng.normal(0, 0.03, size=2)
         r = SIZES[size_name] * (1 + rng.normal(0, 0.08))
         cx, cy = cx + jitter[0], cy + jitter[1]
-        _draw_shape(draw, shape, cx * big, cy * big, r * big, COLOURS[colour], width=SS)
+        draw_shape(draw, shape, cx * big, cy * big, r * big, COLOURS[colour], width=SS)
         phrases.append(f"a {size_name} {colour} {shape} {PREPOSITION[pos]} {pos}")
         box = [float(np.clip(v, 0.0, 1.0)) for v in _shape_box(shape, cx, cy, r)]
         objects.append({"phrase": phrases[-1], "box": [round(v, 4) for v in box]})
