@@ -58,7 +58,7 @@ PREPOSITION = {"upper left": "in the", "upper right": "in the", "lower left": "i
 
 
 def draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float,
-                colour: tuple[int, int, int], width: int) -> None:
+               colour: tuple[int, int, int], width: int) -> None:
     box = [cx - r, cy - r, cx + r, cy + r]
     if shape == "circle":
         draw.ellipse(box, fill=colour)
