@@ -7,16 +7,14 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from selora.probes import _phrase, probe_scenes, read_object, sample_probe
+from selora.probes import _phrase, plain_probe_scenes, read_object, sample_probe
 from selora.synthetic.natural import BACKGROUNDS
 
 SIZE = 32
 
 
 def _plain_scenes(n: int, seed: int = 0) -> tuple[np.ndarray, list[dict[str, str]], list[str]]:
-    images, labels, rests = probe_scenes(4 * n, SIZE, seed)
-    keep = [i for i, r in enumerate(rests) if r == f" on a {labels[i]['background']} background"][:n]
-    return images[keep], [labels[i] for i in keep], [rests[i] for i in keep]
+    return plain_probe_scenes(n, SIZE, seed)
 
 
 class _Drawer:

@@ -49,7 +49,7 @@ def test_uv_gets_every_index_pip_has_and_picks_among_them_as_pip_does():
 
 
 def test_the_command_installs_into_the_named_interpreter_with_its_bytecode():
-    cmd = command(Path("/v/bin/python"), ["-r", "requirements.txt"], "")
+    cmd = command(Path("/v/bin/python"), ["-r", "requirements.txt"], {})
     assert cmd[:3] == ["/v/bin/uv", "pip", "install"]
     assert cmd[cmd.index("--python") + 1] == "/v/bin/python"
     assert "--compile-bytecode" in cmd  # jobs import compiled modules (PYTHONDONTWRITEBYTECODE)

@@ -157,6 +157,16 @@ def background_gap(pipe, n: int = 8, seed: int = 0, steps: int = 15,
     return {"black": means["black"], "white": means["white"], "gap": means["white"] - means["black"]}
 
 
+def plain_probe_scenes(n: int, size: int, seed: int) -> tuple[np.ndarray, list[dict[str, str]], list[str]]:
+    """The first ``n`` probe scenes (:func:`probe_scenes`) on a plain background, whose border is
+    the background a reader can subtract."""
+    images, labels, rests = probe_scenes(4 * n, size, seed)
+    keep = [i for i, r in enumerate(rests) if r == f" on a {labels[i]['background']} background"][:n]
+    if len(keep) < n:  # pragma: no cover - about half the probe scenes are plain
+        raise ValueError(f"only {len(keep)} plain-background probe scenes among {4 * n}")
+    return images[keep], [labels[i] for i in keep], [rests[i] for i in keep]
+
+
 def _shape_mask(shape: str, cx: float, cy: float, r: float, size: int) -> np.ndarray:
     """Where natural.py draws ``shape`` at centre (cx, cy) and radius r (image fractions): [size,
     size] bool, drawn super-sampled and box-filtered as the scenes are."""
@@ -207,23 +217,18 @@ def sample_probe(pipe, n: int = 64, seed: int = 0, steps: int = 15, guidance_sca
     captions, the ceiling of what the probe can see at this size. An image with no object counts
     as wrong on every attribute.
     """
-    size = pipe.vae.config.sample_size
-    images, labels, rests = probe_scenes(4 * n, size, seed)
-    plain = [i for i, r in enumerate(rests) if r == f" on a {labels[i]['background']} background"]
-    if len(plain) < n:  # pragma: no cover - about half the probe scenes are plain
-        raise ValueError(f"only {len(plain)} plain-background probe scenes among {4 * n}")
-    keep = plain[:n]
-    prompts = [_phrase(labels[i]) + rests[i] for i in keep]
+    images, labels, rests = plain_probe_scenes(n, pipe.vae.config.sample_size, seed)
+    prompts = [_phrase(lab) + rest for lab, rest in zip(labels, rests, strict=True)]
     gen = torch.Generator().manual_seed(seed)
     drawn = pipe(prompts, num_inference_steps=steps, guidance_scale=guidance_scale,
                  guidance_rescale=guidance_rescale, generator=gen, output_type="np").images
 
     def accuracy(imgs: Any) -> dict[str, float]:
         reads = [read_object(np.asarray(img, dtype=np.float32)) for img in imgs]
-        return {a: float(np.mean([r is not None and r[a] == labels[i][a]
-                                  for r, i in zip(reads, keep, strict=True)]))
+        return {a: float(np.mean([r is not None and r[a] == lab[a]
+                                  for r, lab in zip(reads, labels, strict=True)]))
                 for a in ("colour", "shape", "position")}
 
-    return {**accuracy(drawn), "n": n, "reader": accuracy(images[keep] / 255.0),
+    return {**accuracy(drawn), "n": n, "reader": accuracy(images / 255.0),
             "chance": {"colour": 1 / len(PROBE_COLOURS), "shape": 1 / len(SHAPES),
                        "position": 1 / len(POSITIONS)}}

@@ -63,12 +63,13 @@ def uv_options(settings: dict[str, str]) -> list[str]:
     return options
 
 
-def command(python: Path, args: list[str], config_list: str) -> list[str]:
-    """The uv call that installs ``args`` into the environment of ``python``."""
+def command(python: Path, args: list[str], settings: dict[str, str]) -> list[str]:
+    """The uv call that installs ``args`` into the environment of ``python`` under pip's
+    ``settings`` (:func:`pip_settings`)."""
     uv = python.parent / "uv"
     return [
         str(uv), "pip", "install", "--python", str(python), "--compile-bytecode",
-        *uv_options(pip_settings(config_list)), *args,
+        *uv_options(settings), *args,
     ]  # fmt: skip
 
 
@@ -81,11 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     listed = subprocess.run(
         [str(python), "-m", "pip", "config", "list"], capture_output=True, text=True, check=True
     ).stdout
+    settings = pip_settings(listed)
     env = dict(os.environ)
-    cert = pip_settings(listed).get("cert")
-    if cert:  # pip's CA bundle (a proxy's, say) for uv too
-        env["SSL_CERT_FILE"] = cert
-    return subprocess.run(command(python, args, listed), env=env).returncode
+    if settings.get("cert"):  # pip's CA bundle (a proxy's, say) for uv too
+        env["SSL_CERT_FILE"] = settings["cert"]
+    return subprocess.run(command(python, args, settings), env=env).returncode
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -84,7 +84,7 @@ def config_block(
     )
     if params.base_model.name == "tiny":
         base += " (the embedded miniature Stable Diffusion, pre-trained by `selora pretrain-base`)"
-        base += _caption_probe_text(col.base_report)
+        base += _probes_text(col.base_report)
     space = feature_space_of(col, setup, params)
     fs = space.get("label", "?")
     if space.get("name") == "reference" and space.get("reference_real_test"):
@@ -116,8 +116,9 @@ def config_block(
     ]
 
 
-def _caption_probe_text(report: dict[str, Any] | None) -> str:
-    """What the miniature reads of its captions before any adapter (selora.probes.caption_probe)."""
+def _probes_text(report: dict[str, Any] | None) -> str:
+    """What the miniature reads of its captions before any adapter, and what it draws for them
+    (selora.probes: caption_probe, sample_probe)."""
     probe = (report or {}).get("caption_probe")
     if not probe:
         return ""
