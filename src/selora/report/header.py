@@ -119,14 +119,15 @@ def config_block(
 def _probes_text(report: dict[str, Any] | None) -> str:
     """What the miniature reads of its captions before any adapter, and what it draws for them
     (selora.probes: caption_probe, sample_probe)."""
-    probe = (report or {}).get("caption_probe")
+    report = report or {}
+    probe = report.get("caption_probe")
     if not probe:
         return ""
     attributes = [a for a in ("colour", "shape", "position", "background") if a in probe]
     reads = ", ".join(f"{a} {probe[a]:.2f} (chance {probe['chance'][a]:.2f})" for a in attributes)
     text = (f"; its caption probe on {probe['n']} held-out scenes names the true word from its own "
             f"denoising loss: {reads}")
-    drawn = (report or {}).get("sample_probe")
+    drawn = report.get("sample_probe")
     if drawn:
         text += (f"; in the images it draws for {drawn['n']} held-out captions (selora.probes."
                  f"sample_probe) the object has the named colour {drawn['colour']:.2f}, shape "
