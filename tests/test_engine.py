@@ -524,3 +524,52 @@ def test_stratified_timesteps_take_one_from_each_stratum_and_uniform_ones_are_to
     assert torch.equal(again, first)  # deterministic per generator
     uniform = draw_timesteps(n, T, "uniform", torch.Generator().manual_seed(3))
     assert torch.equal(uniform, torch.randint(0, T, (n,), generator=torch.Generator().manual_seed(3)))
+
+
+def test_caption_dropout_replaces_a_share_of_captions_with_the_empty_prompt_and_draws_nothing_at_zero():
+    """train.caption_dropout: each row becomes the empty prompt with the given probability, the
+    others stay as they were; at 0 the generator is not touched (runs without it are unchanged)."""
+    from selora.engine.loop import drop_captions
+
+    ids = torch.arange(1, 4001).view(1000, 4)  # [B, L]
+    empty = torch.tensor([49406, 49407, 49407, 49407])  # [L]
+    gen = torch.Generator().manual_seed(0)
+    out = drop_captions(ids, empty, 0.1, gen)
+    dropped = (out == empty).all(1)  # [B]
+    assert 70 < int(dropped.sum()) < 130  # 1,000 draws at 0.1: 100 ± 9.5
+    assert torch.equal(out[~dropped], ids[~dropped])
+    gen, untouched = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
+    assert drop_captions(ids, None, 0.0, gen) is ids
+    assert torch.equal(gen.get_state(), untouched.get_state())
+
+
+def test_fine_tuning_sees_the_empty_prompt_at_the_caption_dropout_share(tiny_base, prepared, tmp_path,
+                                                                      monkeypatch):
+    """The engine hands the U-Net's text encoder the empty prompt for about train.caption_dropout of
+    its training images and the training captions for the rest; validation always has the captions."""
+    from selora.basemodel import load_pipeline
+    from selora.engine import loop
+    from selora.imagefolder import read_manifest
+
+    seen: dict[bool, list[torch.Tensor]] = {True: [], False: []}  # grad enabled (training) or not
+    real_loss = loop.diffusion_loss
+
+    def recording_loss(model, latents, input_ids, noise, timesteps):
+        seen[torch.is_grad_enabled()].append(input_ids.clone())
+        return real_loss(model, latents, input_ids, noise, timesteps)
+
+    monkeypatch.setattr(loop, "diffusion_loss", recording_loss)
+    params = load_params(None, [*engine_overrides(tiny_base["path"], tmp_path), f"setups.{SETUP}.max_steps=8",
+                                "train.caption_dropout=0.5"])
+    train(params, RunId(SETUP, "lora", "default", 0), data_dir=prepared, progress=False)
+    tok = load_pipeline(params).tokenizer
+    empty = tok([""], padding="max_length", max_length=tok.model_max_length, return_tensors="pt").input_ids
+    texts = [r["text"] for r in read_manifest(prepared) if r["split"] == "train"]
+    tokens = tok(texts, padding="max_length", truncation=True, max_length=tok.model_max_length,
+                 return_tensors="pt")
+    captions = {tuple(r) for r in tokens.input_ids.tolist()}
+    rows = torch.cat(seen[True])  # [8 steps × 8, L]
+    is_empty = (rows == empty).all(1)
+    assert len(rows) == 64 and 16 <= int(is_empty.sum()) <= 48  # 64 draws at 0.5: 32 ± 4
+    assert all(tuple(r) in captions for r in rows[~is_empty].tolist())
+    assert seen[False] and not any((v == empty).all(1).any() for v in seen[False])

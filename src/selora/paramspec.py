@@ -240,6 +240,11 @@ class TrainConfig:
         "same ranks, so the seeds vary only the data order, the noise and the timesteps: how much of a "
         "method's spread is its initialisation (benchmarks/README, \"Where LoRA's spread comes from\").",
         default=None)
+    caption_dropout: float = param(
+        "Share of training captions replaced by the empty prompt, drawn per image and step from the run's "
+        "generator (diffusers' train_text_to_image.py --proportion_empty_prompts). Classifier-free guidance "
+        "extrapolates away from the model's empty-prompt prediction; without dropout the adapter changes "
+        "that prediction untrained. 0: the paper (it states none).", **FRACTION, default=0.0)
     threads: int | None = param(
         "torch threads of `selora train` and `selora sample`. null: torch's default (the host's cores, "
         "or OMP_NUM_THREADS). The workflow passes each job's own count (`--set train.threads=N`, 1 on "

@@ -58,6 +58,8 @@ class Data:
     total_steps: int
     epochs: int
     timesteps: str = "uniform"  # train.timesteps: how a batch's timesteps are drawn
+    caption_dropout: float = 0.0  # train.caption_dropout: share of captions replaced by the empty prompt
+    empty_ids: torch.Tensor | None = None  # [L] the empty prompt's token ids
 
 
 def diffusion_loss(model: Model, latents: torch.Tensor, input_ids: torch.Tensor, noise: torch.Tensor,
@@ -134,6 +136,19 @@ def draw_timesteps(n: int, num_train_timesteps: int, how: str, gen: torch.Genera
     return (u * num_train_timesteps).long().clamp_(max=num_train_timesteps - 1)
 
 
+def drop_captions(input_ids: torch.Tensor, empty_ids: torch.Tensor | None, share: float,
+                  gen: torch.Generator) -> torch.Tensor:
+    """``input_ids`` [B, L] with each row replaced by the empty prompt's ``empty_ids`` [L] with
+    probability ``share`` (``train.caption_dropout``), so fine-tuning trains the prediction that
+    classifier-free guidance extrapolates from, as pre-training did. Nothing is drawn at share 0:
+    runs without dropout keep their random stream."""
+    if share <= 0:
+        return input_ids
+    assert empty_ids is not None, "caption dropout needs the empty prompt's token ids"
+    drop = torch.rand(len(input_ids), generator=gen) < share  # [B]
+    return torch.where(drop[:, None], empty_ids, input_ids)
+
+
 def train_step(state: TrainState, model: Model, data: Data, idx: torch.Tensor, ckpt_dir: Path) -> None:
     """One optimiser step on the images ``idx``, with the adapter's hooks around it (SeLoRA grows,
     AdaLoRA prunes, DyLoRA samples a rank); its loss, LR and rank changes are logged."""
@@ -143,7 +158,8 @@ def train_step(state: TrainState, model: Model, data: Data, idx: torch.Tensor, c
     latents = (mean + std * torch.randn(mean.shape, generator=gen)) * model.scaling
     noise = torch.randn(latents.shape, generator=gen)
     timesteps = draw_timesteps(len(idx), model.scheduler.config.num_train_timesteps, data.timesteps, gen)
-    loss = diffusion_loss(model, latents, data.train.input_ids[idx], noise, timesteps)
+    input_ids = drop_captions(data.train.input_ids[idx], data.empty_ids, data.caption_dropout, gen)
+    loss = diffusion_loss(model, latents, input_ids, noise, timesteps)
     extra = adapter.extra_loss()
     total = loss if extra is None else loss + extra
     if not torch.isfinite(total):

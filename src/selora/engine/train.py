@@ -146,8 +146,10 @@ def load_data(pipe: Any, model: Model, data_dir: Path, setup: Setup, tcfg: Train
     if setup.max_steps:
         total_steps = min(total_steps, setup.max_steps)
     epochs = (total_steps + steps_per_epoch - 1) // steps_per_epoch
+    empty_ids = tokenizer([""], padding="max_length", truncation=True,
+                          max_length=tokenizer.model_max_length, return_tensors="pt").input_ids[0]  # [L]
     return Data(train_set, val_set, draws, setup.batch_size, steps_per_epoch, total_steps, epochs,
-                tcfg.timesteps)
+                tcfg.timesteps, tcfg.caption_dropout, empty_ids)
 
 
 def build_adapter(params: Params, run: RunId, model: Model, total_steps: int,
