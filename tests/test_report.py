@@ -311,6 +311,7 @@ def test_quality_table_states_its_configuration_and_aggregates_seeds(built):
         "160 generated images covering 160 of 160 test prompts; KID over 50 subsets of 50",
         "**Sampling**: DDIM, 50 steps, classifier-free guidance 7.5, 1 image per test prompt, noise "
         "seeds from 1234",
+        "**Fine-tuning**: Adam, lr ",
         "calls 100.0 % of 160 real test images and 1.5 % of 66 natural scenes real",
         "0 = grayscale); real test images: 0.000",
         "160 real train images (the images the reference network was fitted on) scored against the "
@@ -626,3 +627,15 @@ def test_unreadable_log_is_a_clear_error(results, capsys):
     code = main(["report", "--set", f"paths.results={res}"])
     err = capsys.readouterr().err
     assert code == 2 and str(ranks) in err and "column rank is not numeric" in err
+
+
+def test_the_fine_tuning_line_names_the_lr_the_timesteps_and_the_caption_dropout():
+    from selora.report.header import _fine_tuning_line
+
+    def line(*sets: str) -> str:
+        return _fine_tuning_line(load_params(None, list(sets)))
+
+    embedded = line("train.lr=3e-3", "train.timesteps=stratified", "train.caption_dropout=0.1")
+    assert embedded.startswith("- **Fine-tuning**: Adam, lr 0.003 (constant), stratified timesteps, "
+                               "caption dropout 0.1 (that share of training captions replaced by the empty")
+    assert line().endswith("lr 0.0001 (constant), uniform timesteps, no caption dropout")  # Table 4's

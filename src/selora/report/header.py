@@ -105,6 +105,7 @@ def config_block(
         f"- **Seeds** configured: {', '.join(map(str, seeds))}; {what} runs: {present}/{len(runs)}",
         "- **Training steps per run** (from the logs): "
         + (", ".join(map(str, steps)) if steps else "no training logs yet"),
+        _fine_tuning_line(params),
         f"- **Feature space** of FID/KID: {fs}",
         "- **CLIP score**: " + (f"model {clip!r}" if clip else "not computed (evaluate.clip_model is null)"),
         *_floor_lines(space),
@@ -201,6 +202,16 @@ def _sample_lines(runs: pd.DataFrame) -> list[str]:
         + "; KID over "
         + ", ".join(f"{a} subsets of {b}" for a, b in kid)
     ]
+
+
+def _fine_tuning_line(params: Params) -> str:
+    """The training settings that move the scores and where the embedded default departs from Table
+    4 (README, "Fine-tuning"): lr and its schedule, the timestep draw, the caption dropout."""
+    t = params.train
+    dropout = (f"caption dropout {t.caption_dropout:g} (that share of training captions replaced by "
+               "the empty prompt, so guidance starts from a trained prediction)"
+               if t.caption_dropout > 0 else "no caption dropout")
+    return f"- **Fine-tuning**: Adam, lr {t.lr:g} ({t.lr_schedule}), {t.timesteps} timesteps, {dropout}"
 
 
 def _sampler_line(params: Params) -> str:
