@@ -545,8 +545,8 @@ def test_caption_dropout_replaces_a_share_of_captions_with_the_empty_prompt_and_
 
 def test_fine_tuning_sees_the_empty_prompt_at_the_caption_dropout_share(tiny_base, prepared, tmp_path,
                                                                       monkeypatch):
-    """The engine hands the U-Net's text encoder the empty prompt for about train.caption_dropout of
-    its training images and the training captions for the rest; validation always has the captions."""
+    """The engine hands the text encoder the empty prompt for about train.caption_dropout of
+    its training images and their captions for the rest; validation always has the captions."""
     from selora.basemodel import load_pipeline
     from selora.engine import loop
     from selora.imagefolder import read_manifest
