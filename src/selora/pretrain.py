@@ -32,6 +32,7 @@ from selora import tinysd
 from selora.basemodel import PRETRAIN_REPORT, loading_bars
 from selora.config import Params
 from selora.diffusion import prediction_target
+from selora.engine.data import tokenize
 from selora.engine.device import use_threads
 from selora.errors import DatasetFormatError
 from selora.grounding import (
@@ -143,11 +144,6 @@ def reconstruct(vae, images: torch.Tensor) -> torch.Tensor:
 
 def reconstruction_psnr(vae, images: torch.Tensor) -> float:
     return psnr(reconstruct(vae, images), images)
-
-
-def tokenize(tokenizer, texts: list[str]) -> torch.Tensor:
-    return tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length,
-                     truncation=True, return_tensors="pt").input_ids
 
 
 def denoise_loss(unet, text_encoder, scheduler, latents: torch.Tensor, ids: torch.Tensor, noise: torch.Tensor,

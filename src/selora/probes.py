@@ -94,7 +94,7 @@ def caption_probe(pipe, n: int = 64, draws: int = 4, seed: int = 0,
     from diffusers import DDPMScheduler
 
     from selora.diffusion import prediction_target
-    from selora.pretrain import tokenize  # pretrain imports this module
+    from selora.engine.data import tokenize
 
     unet, text_encoder, tokenizer, vae = pipe.unet, pipe.text_encoder, pipe.tokenizer, pipe.vae
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)  # the model's own schedule and target

@@ -61,9 +61,13 @@ def encode_rows(vae, tokenizer, rows: list[dict[str, Any]], size: int, device: t
         post = vae.encode(pixels).latent_dist
         means.append(post.mean.float().cpu())
         stds.append(post.std.float().cpu())
-    ids = tokenizer([r["text"] for r in rows], padding="max_length", truncation=True,
-                    max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
-    return LatentSet(torch.cat(means), torch.cat(stds), ids, rows)
+    return LatentSet(torch.cat(means), torch.cat(stds), tokenize(tokenizer, [r["text"] for r in rows]), rows)
+
+
+def tokenize(tokenizer, texts: list[str]) -> torch.Tensor:
+    """Token ids [N, L], padded to and truncated at the encoder's limit (as diffusers' pipelines do)."""
+    return tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length,
+                     truncation=True, return_tensors="pt").input_ids
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:

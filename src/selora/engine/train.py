@@ -37,7 +37,7 @@ from selora.adapters import create_adapter
 from selora.adapters.base import Adapter
 from selora.basemodel import load_pipeline
 from selora.config import Params, Setup, TrainConfig
-from selora.engine.data import batches_per_epoch, encode_rows, validation_draws
+from selora.engine.data import batches_per_epoch, encode_rows, tokenize, validation_draws
 from selora.engine.device import resolve_device, use_threads
 from selora.engine.loop import Data, Model, TrainingDiverged, run_epochs, validation_loss
 from selora.engine.publish import finished_summary, publish, summarise
@@ -146,10 +146,8 @@ def load_data(pipe: Any, model: Model, data_dir: Path, setup: Setup, tcfg: Train
     if setup.max_steps:
         total_steps = min(total_steps, setup.max_steps)
     epochs = (total_steps + steps_per_epoch - 1) // steps_per_epoch
-    empty_ids = tokenizer([""], padding="max_length", truncation=True,
-                          max_length=tokenizer.model_max_length, return_tensors="pt").input_ids[0]  # [L]
     return Data(train_set, val_set, draws, setup.batch_size, steps_per_epoch, total_steps, epochs,
-                tcfg.timesteps, tcfg.caption_dropout, empty_ids)
+                tcfg.timesteps, tcfg.caption_dropout, tokenize(tokenizer, [""])[0])
 
 
 def build_adapter(params: Params, run: RunId, model: Model, total_steps: int,
