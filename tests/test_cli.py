@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import gc
 import os
 import stat
 import subprocess
@@ -19,6 +20,25 @@ def test_console_script_lists_the_phases():
                          check=True).stdout
     for phase in ("make-synthetic", "pretrain-base"):
         assert phase in out
+
+
+def test_the_console_script_returns_the_phase_status_and_leaves_the_heap_frozen(monkeypatch):
+    """`selora` and `python -m selora` run `entry`: main's exit status, with the heap frozen so the
+    interpreter's shutdown skips a garbage-collector pass over it (~1 s a job; benchmarks/exit.py)."""
+    from importlib.metadata import entry_points
+
+    import selora.cli
+
+    scripts = [e.value for e in entry_points(group="console_scripts") if e.name == "selora"]
+    assert scripts == ["selora.cli:entry"], "reinstall the package: pip install -e ."
+    assert "entry()" in (Path(selora.cli.__file__).parent / "__main__.py").read_text()
+    monkeypatch.setattr(selora.cli, "main", lambda: 3)
+    gc.unfreeze()
+    try:
+        assert selora.cli.entry() == 3
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()  # the test process collects as before
 
 
 def test_bad_params_fail_with_the_key_and_no_traceback(capsys, tmp_path):
