@@ -306,8 +306,9 @@ class StatisticsConfig:
     bootstrap_resamples: int = param(
         "Bootstrap resamples of the test prompts (0 turns the bootstrap off); 200 on 128 × 128-d features "
         "takes seconds.", minimum=0, default=200)
-    confidence: float = param("Confidence level of the bootstrap intervals.", exclusiveMinimum=0,
-                              exclusiveMaximum=1, default=0.95)
+    confidence: float = param(
+        "Confidence level of the report's intervals: the bootstrap over test images and the seed spread.",
+        exclusiveMinimum=0, exclusiveMaximum=1, default=0.95)
     seed: int = param("Seed of the bootstrap draws (numpy.random.default_rng).", default=0)
 
 

@@ -4,7 +4,8 @@ Every table starts with the configuration it came from (setup, data set, size, s
 model, feature space) and ends with the runs it lacks (:mod:`~selora.report.header`). Cells are
 mean ± sample std over seeds with ``n=k/N`` when seeds are missing; the best mean per column is in
 bold. Quality tables add the untouched base model ("no adapter") as a row, each method's exported
-parameter count, and a comparison of every method with SeLoRA (:mod:`~selora.report.comparison`).
+parameter count, each method's seed spread with its interval (:mod:`~selora.report.spread`), and a
+comparison of every method with SeLoRA (:mod:`~selora.report.comparison`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from selora.report.collect import Collected
 from selora.report.comparison import comparison_block
 from selora.report.header import config_block, feature_space_of, fid_labels, has_values, missing_block
 from selora.report.labels import GENERATED_NOTE, PART_LABEL, hms, method_label, paper_counterpart
+from selora.report.spread import spread_block
 from selora.runlayout import DEFAULT_VARIANT, NO_ADAPTER, variant_name
 
 if TYPE_CHECKING:
@@ -154,6 +156,8 @@ def quality_table(params: Params, col: Collected, setup: str, boot: SetupBootstr
             "(its best eligible epoch; AdaLoRA only after its final budget allocation).",
             "",
             df.to_markdown(index=False),
+            "",
+            *spread_block(params, runs, setup, space),
             "",
             *comparison_block(params, runs, boot, setup, space),
             "",
