@@ -34,7 +34,7 @@ class Spread:
 
     @property
     def ratio(self) -> float:
-        return self.std / self.mean
+        return self.std / abs(self.mean)
 
 
 def seed_spread(values: Sequence[float], confidence: float) -> Spread | None:
