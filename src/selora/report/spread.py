@@ -37,21 +37,25 @@ class Spread:
         return self.std / abs(self.mean)
 
 
+def chi2_factors(n: int, confidence: float) -> tuple[float, float]:
+    """The factors (lo, hi) by which the ``confidence`` interval of σ lies around the sample std of
+    ``n`` normal values: sqrt((n − 1) / χ²) at the upper and lower tail quantiles."""
+    from scipy.stats import chi2
+
+    tail = (1 - confidence) / 2
+    return (math.sqrt((n - 1) / chi2.ppf(1 - tail, n - 1)), math.sqrt((n - 1) / chi2.ppf(tail, n - 1)))
+
+
 def seed_spread(values: Sequence[float], confidence: float) -> Spread | None:
     """std / mean of ``values`` (sample std, ddof 1) and its ``confidence`` interval; None when
     fewer than two values or a mean of zero leave no ratio."""
-    from scipy.stats import chi2
-
     arr = np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=float)
     n = len(arr)
     if n < 2 or arr.mean() == 0:
         return None
     mean, std = float(arr.mean()), float(arr.std(ddof=1))
-    tail = (1 - confidence) / 2
-    scale = math.sqrt(n - 1)
-    lo = std * scale / math.sqrt(chi2.ppf(1 - tail, n - 1))
-    hi = std * scale / math.sqrt(chi2.ppf(tail, n - 1))
-    return Spread(n, mean, std, lo / abs(mean), hi / abs(mean))
+    lo, hi = chi2_factors(n, confidence)
+    return Spread(n, mean, std, lo * std / abs(mean), hi * std / abs(mean))
 
 
 def spread_block(params: Params, runs: pd.DataFrame, setup: str, space: dict[str, Any]) -> list[str]:
@@ -74,10 +78,7 @@ def spread_block(params: Params, runs: pd.DataFrame, setup: str, space: dict[str
     n = len(exp.seeds)
     width = ""
     if n > 1:
-        from scipy.stats import chi2
-
-        tail = (1 - conf) / 2
-        lo, hi = (math.sqrt((n - 1) / chi2.ppf(q, n - 1)) for q in (1 - tail, tail))
+        lo, hi = chi2_factors(n, conf)
         width = (f" With {n} seeds the interval runs from {lo:.2f}× to {hi:.2f}× the measured spread, "
                  "so seeds that happen to agree do not yet show a stable method.")
     return [
